@@ -1,0 +1,89 @@
+"""Data sources: a dispatch table {format name: reader} and the train/val split.
+
+A reader is `reader(path: str, *, data: DataConfig, fps: float) -> list[Recording]`
+(`fps` is the config's fallback for formats that do not store a frame rate). Adding a
+format = one module + one `register_reader` line; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+
+import numpy as np
+
+from trainer.data.recording import UNLABELLED, DataError, Recording
+
+Reader = Callable[..., list[Recording]]
+
+# name -> "module:function"; modules are imported on first use so optional
+# dependencies of one format never slow down or break another.
+READERS: dict[str, str] = {
+    "synthetic": "trainer.data.synthetic:read_synthetic",
+}
+
+__all__ = ["READERS", "UNLABELLED", "DataError", "Recording", "get_reader", "load_splits", "read_recordings"]
+
+
+def register_reader(name: str, target: str) -> None:
+    """Register `target` ("package.module:function") as the reader for `name`."""
+    READERS[name] = target
+
+
+def get_reader(name: str) -> Reader:
+    if name not in READERS:
+        close = difflib.get_close_matches(name, list(READERS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(READERS)}"
+        raise DataError(f"config key 'data.format': unknown format '{name}'{hint}")
+    module, fn = READERS[name].split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def read_recordings(fmt: str, path: str, *, data, fps: float) -> list[Recording]:
+    """Read every recording of `path` with the reader of `fmt`; error if there are none."""
+    recs = get_reader(fmt)(path, data=data, fps=fps)
+    if not recs:
+        raise DataError(f"{path or fmt}: no recordings found (check data.path and data.format)")
+    return recs
+
+
+def split_by_video(
+    recs: list[Recording], *, val_fraction: float, seed: int
+) -> tuple[list[Recording], list[Recording]]:
+    """Shuffle videos with `seed` and hold out round(val_fraction * n) (at least 1) for validation."""
+    if len(recs) < 2:
+        raise DataError(
+            f"need at least 2 videos to split train/val by video, found {len(recs)}; "
+            "add videos or set data.val_path"
+        )
+    order = np.random.default_rng(seed).permutation(len(recs))
+    n_val = min(len(recs) - 1, max(1, round(val_fraction * len(recs))))
+    val_idx = set(order[:n_val].tolist())
+    train = [r for i, r in enumerate(recs) if i not in val_idx]
+    val = [r for i, r in enumerate(recs) if i in val_idx]
+    return train, val
+
+
+def load_splits(cfg) -> tuple[list[Recording], list[Recording]]:
+    """Read the configured data and split it into (train, val) recordings by video."""
+    d = cfg.data
+    train_path = d.path or cfg.train_data_dir
+    val_path = d.val_path or cfg.val_data_dir
+    if d.format == "synthetic":
+        train_path, val_path = "", ""
+    recs = read_recordings(d.format, train_path, data=d, fps=cfg.fps)
+    if val_path:
+        return recs, read_recordings(d.format, val_path, data=d, fps=cfg.fps)
+    splitter = SPLITTERS.get(d.split)
+    if splitter is None:
+        raise DataError(f"config key 'data.split': unknown split '{d.split}'")
+    return splitter(recs, d)
+
+
+def _split_by_video(recs, d):
+    return split_by_video(recs, val_fraction=d.val_fraction, seed=d.split_seed)
+
+
+# split name -> fn(recs, data_cfg) -> (train, val); "by_lab" and "kfold" come with the real-data readers
+SPLITTERS: dict[str, Callable] = {"by_video": _split_by_video}
