@@ -36,7 +36,7 @@ class SyntheticConfig:
     fps: float = 30.0  # frame rate of the generated videos
     seed: int = 0  # generator seed (independent of the training seed)
     arena_size: list = field(default_factory=lambda: [1024.0, 570.0])  # arena width, height in pixels
-    jitter_px: float = 2.0  # std of Gaussian tracking noise per keypoint, pixels
+    jitter_px: float = 3.0  # std of Gaussian tracking noise per keypoint, pixels
     missing_rate: float = 0.004  # probability a keypoint starts a missing (NaN) run on a frame
     difficulty: float = 1.0  # scales the ambiguity between behaviours (0 = easy, 2 = hard)
 
@@ -203,6 +203,8 @@ def _coerce(key: str, value: Any, tp: Any, where: str) -> Any:
             raise bad
         return float(value)
     if tp is str:
+        if isinstance(value, bool) and "no" in _CHOICES.get(key, ()):
+            return "no" if not value else "yes"  # YAML 1.1 reads a bare `no` as False
         if value is None:
             return ""
         if not isinstance(value, str | int | float) or isinstance(value, bool):

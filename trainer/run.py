@@ -32,6 +32,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader, Sampler
 
@@ -69,6 +70,11 @@ def make_accelerator(cfg: Config, run_dir: Path | None) -> tuple[Accelerator, st
         precision, why = "no", "bf16 autocast of an LSTM on the CPU is ~30x slower than fp32"
     elif precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         precision, why = "fp16", "this GPU has no bf16 support (e.g. T4)"
+    if AcceleratorState._shared_state and not torch.distributed.is_initialized():
+        # a second train() in one process (tests, reused Ray Tune actors): Accelerate's state is a
+        # per-process singleton that refuses a different mixed_precision unless reset
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
     accelerator = Accelerator(
         cpu=not cuda,
         mixed_precision=precision,
@@ -308,6 +314,11 @@ def resolve_run(cfg: Config) -> tuple[Path, Path | None]:
         if run is not None and ckpt_io.resolve(run) is not None:
             return run, ckpt_io.resolve(run)
     run = out / (cfg.name or _auto_name(cfg))
+    if not cfg.name:
+        base, i = run, 1
+        while run.exists():  # two runs started in the same second
+            i += 1
+            run = base.with_name(f"{base.name}-{i}")
     if (run / cfg.checkpoint_dir).exists() and any((run / cfg.checkpoint_dir).iterdir()):
         raise ConfigError(
             f"run directory '{run}' already has checkpoints; pass resume=auto to continue it or choose another name"

@@ -57,8 +57,8 @@ TRANSITIONS = {
     ATTACK: {OTHER: 0.8, INVESTIGATION: 0.2},
 }
 # "other" sub-modes: explore, rest, pass close by, huddle next to the target, follow it
-_OTHER_MODES = ["explore", "rest", "pass", "huddle", "follow"]
-_OTHER_MODE_P = np.array([0.45, 0.25, 0.10, 0.10, 0.10])  # at difficulty 1
+_OTHER_MODES = ["explore", "rest", "pass", "huddle", "follow", "chase"]
+_OTHER_MODE_P = np.array([0.40, 0.22, 0.10, 0.12, 0.10, 0.06])  # at difficulty 1
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -186,6 +186,21 @@ def _simulate(rng, T, fps, num_mice, arena, difficulty):
                 approach[max(0, s - n) : s, a] = states[s - 1, a] == OTHER
             if states[s, a] == INVESTIGATION:
                 region[s:end, a] = rng.choice([0.5, 0.0, -0.5], p=[0.4, 0.2, 0.4])
+    # annotators mark a bout a few frames before the motion changes: the kinematics of a
+    # new bout start 2-9 frames after its label (only the frames after it reveal the switch)
+    labels_states = states.copy()
+    for a in active:
+        for s in _bout_starts(labels_states[:, a])[1:]:
+            lag = int(round(rng.integers(2, 10) * difficulty))
+            states[s : s + lag, a] = labels_states[s - 1, a]
+    # sniffing comes in bursts (0.3-0.8 s on, 0.2-0.6 s off)
+    sniff_on = np.zeros((T, num_mice), dtype=bool)
+    for a in range(num_mice):
+        t0, on = 0, True
+        while t0 < T:
+            dur = int(rng.uniform(0.3, 0.8) * fps) if on else int(rng.uniform(0.2, 0.6) * fps)
+            sniff_on[t0 : t0 + dur, a] = on
+            t0, on = t0 + max(dur, 1), not on
     kp = np.empty((T, num_mice, len(CALMS21_BODYPARTS), 2))
     occl = np.zeros((T, num_mice))
     margin = 40.0
@@ -202,6 +217,10 @@ def _simulate(rng, T, fps, num_mice, arena, difficulty):
             mode = _OTHER_MODES[modes[t, a]]
             attacked = any(states[t, b] == ATTACK and targets[t, b] == a for b in active if b != a)
             mounted = any(states[t, b] == MOUNT and targets[t, b] == a for b in active if b != a)
+            chased = any(
+                states[t, b] == OTHER and _OTHER_MODES[modes[t, b]] == "chase" and targets[t, b] == a
+                for b in active if b != a
+            )
             m.stretch += 0.2 * (1.0 - m.stretch)
             if st == OTHER and approach[t, a]:
                 goal = tgt.pos + 0.6 * tgt.length * _unit(tgt.theta + rng.normal(0, 0.8))
@@ -215,7 +234,7 @@ def _simulate(rng, T, fps, num_mice, arena, difficulty):
                 goal = goal_nose - 0.5 * m.length * _unit(m.theta)
                 _steer(m, _go_to(m, goal, 60.0), 0.3, fps, rng, 2.0)
                 _turn_towards(m, np.arctan2(*(goal_nose - m.pos)[::-1]), 0.15, rng)
-                m.yaw = 0.14 * np.sin(2 * np.pi * sniff_f[a] * time) + rng.normal(0, 0.03)
+                m.yaw = 0.14 * sniff_on[t, a] * np.sin(2 * np.pi * sniff_f[a] * time) + rng.normal(0, 0.03)
             elif st == MOUNT:
                 goal = tgt.pos - 0.3 * tgt.length * _unit(tgt.theta)
                 goal = goal + 4.0 * np.sin(2 * np.pi * thrust_f[a] * time) * _unit(tgt.theta)
@@ -229,20 +248,24 @@ def _simulate(rng, T, fps, num_mice, arena, difficulty):
                     pause[a] -= 1
                     _steer(m, np.zeros(2), 0.6, fps, rng, 10.0)
                 else:
-                    if t % 3 == 0 or rng.random() < 0.2:
-                        jump[a] = _unit(rng.uniform(-np.pi, np.pi)) * rng.uniform(300, 700)
-                    pull = _go_to(m, tgt.pos, 400.0, gain=8.0)
-                    _steer(m, 0.5 * jump[a] + pull, 0.7, fps, rng, 30.0)
-                    if rng.random() < 0.06:
-                        pause[a] = int(rng.integers(3, 8))
-                _turn_towards(m, m.theta + rng.normal(0, 1.0), 0.8, rng, 0.2)
-                m.yaw = rng.normal(0, 0.2)
+                    if rng.random() < 0.15:
+                        jump[a] = _unit(rng.uniform(-np.pi, np.pi)) * rng.uniform(250, 550)
+                    pull = _go_to(m, tgt.pos, 350.0, gain=6.0)
+                    _steer(m, 0.5 * jump[a] + pull, 0.5, fps, rng, 20.0)
+                    if rng.random() < 0.08:
+                        pause[a] = int(rng.integers(4, 11))
+                _turn_towards(m, m.theta + rng.normal(0, 0.5), 0.5, rng, 0.1)
+                m.yaw += rng.normal(0, 0.08) - 0.2 * m.yaw
                 occl[t, a] = occl[t, targets[t, a]] = 1.0
             elif attacked:  # flee erratically
                 away = m.pos - mice[[b for b in active if states[t, b] == ATTACK and targets[t, b] == a][0]].pos
                 v = away / (np.linalg.norm(away) + 1e-6) * rng.uniform(200, 500) + rng.normal(0, 150, 2)
                 _steer(m, v, 0.6, fps, rng, 20.0)
                 _turn_towards(m, np.arctan2(v[1], v[0]), 0.6, rng, 0.2)
+            elif chased:  # run away fast but in a straight line
+                v = _unit(m.theta) * rng.uniform(250, 400)
+                _steer(m, v, 0.3, fps, rng, 10.0)
+                _turn_towards(m, m.theta, 0.0, rng, 0.05)
             elif mounted:  # mostly still while mounted
                 _steer(m, np.zeros(2), 0.4, fps, rng, 2.0)
                 m.yaw *= 0.9
@@ -266,10 +289,14 @@ def _simulate(rng, T, fps, num_mice, arena, difficulty):
                     goal_nose = tgt.point(0.1) + 0.25 * tgt.length * _unit(tgt.theta + np.pi / 2)
                     goal = goal_nose - 0.5 * m.length * _unit(m.theta)
                     _steer(m, _go_to(m, goal, 80.0), 0.2, fps, rng, 1.5)
-                    m.yaw += rng.normal(0, 0.02) - 0.05 * m.yaw
-                else:  # follow
+                    m.yaw += rng.normal(0, 0.05) - 0.1 * m.yaw  # looks around, no rhythmic sniffing
+                elif mode == "follow":
                     goal = tgt.pos - 1.0 * tgt.length * _unit(tgt.theta)
                     _steer(m, _go_to(m, goal, 220.0), 0.2, fps, rng, 4.0)
+                    m.yaw *= 0.9
+                else:  # chase: fast and close behind the target, straight, no contact
+                    goal = tgt.pos - 0.7 * tgt.length * _unit(tgt.theta)
+                    _steer(m, _go_to(m, goal, 450.0, gain=6.0), 0.4, fps, rng, 8.0)
                     m.yaw *= 0.9
                 speed = np.linalg.norm(m.vel)
                 if mode == "huddle":
@@ -314,7 +341,7 @@ def generate_recording(
     num_mice: int = 2,
     fps: float = 30.0,
     arena_size=(1024.0, 570.0),
-    jitter_px: float = 2.0,
+    jitter_px: float = 3.0,
     missing_rate: float = 0.004,
     difficulty: float = 1.0,
     seed: int = 0,

@@ -25,7 +25,7 @@ def build_model(cfg, *, input_dim: int, num_classes: int) -> nn.Module:
     """Instantiate `cfg.model_type` with the constructor arguments it declares, taken from `cfg`."""
     cls = MODELS[cfg.model_type]
     names = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "input_dim", "num_classes")]
-    kwargs = {n: getattr(cfg, n) for n in names}
+    kwargs = {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}  # others keep their defaults
     return cls(input_dim=input_dim, num_classes=num_classes, **kwargs)
 
 
