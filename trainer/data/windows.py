@@ -116,27 +116,42 @@ class WindowDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         seq_i, phase, start = (int(v) for v in self.items[i])
         s = self.seqs[seq_i]
-        rng = np.random.default_rng((self.seed, self.epoch, i)) if self.train else None
+        # one torch generator per (seed, epoch, window): resumable and the same in any worker; this
+        # is the loader's hot path (num_workers=0 runs it between steps), and torch's samplers with
+        # a cheap seed mix cost ~2.5x less per window than a numpy SeedSequence + normal()
+        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, i)) if self.train else None
         if self.train and self.jitter:
             span = (self.length - 1) * self.gap + 1
-            start = int(np.clip(start + rng.integers(-self.jitter, self.jitter + 1), 0, s.num_frames - span))
+            shift = int(torch.randint(-self.jitter, self.jitter + 1, (), generator=g))
+            start = min(max(start + shift, 0), s.num_frames - span)
             idx = start + self.gap * np.arange(self.length)
         else:
             idx = phase + self.gap * (start + np.arange(self.length))
         valid = idx < s.num_frames
-        safe = np.where(valid, idx, 0)
-        x = s.x[safe]
-        y = np.where(valid, s.y[safe], UNLABELLED)
+        padded = not valid.all()  # only evaluation windows at a video's end; training windows fit
+        safe = np.where(valid, idx, 0) if padded else idx
+        x = torch.from_numpy(np.asarray(s.x[safe], dtype=np.float32))  # fancy indexing copies: safe to edit
+        y = np.where(valid, s.y[safe], UNLABELLED) if padded else s.y[safe]
         if self.train and self.noise_std > 0:
-            x = x + rng.normal(0.0, self.noise_std, x.shape).astype(np.float32)
-        x = np.where(valid[:, None], x, 0.0).astype(np.float32)
+            x.add_(torch.randn(x.shape, generator=g), alpha=self.noise_std)
+        if padded:
+            x[~torch.from_numpy(valid)] = 0.0
         return {
-            "x": torch.from_numpy(x),
-            "y": torch.from_numpy(y.astype(np.int64)),
+            "x": x,
+            "y": torch.from_numpy(np.asarray(y, dtype=np.int64)),
             "valid": torch.from_numpy(valid),
             "class_mask": torch.from_numpy(s.class_mask),
-            "index": torch.tensor([seq_i, phase, start], dtype=torch.int64),
+            "index": torch.from_numpy(np.array([seq_i, phase, start], dtype=np.int64)),
         }
+
+
+def _mix(*ints: int) -> int:
+    """A well-spread 63-bit seed from a few ints (splitmix64-style), in ~2 us."""
+    h = 0x9E3779B97F4A7C15
+    for v in ints:
+        h = ((h ^ v) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h >> 1
 
 
 class Stitcher:
