@@ -61,18 +61,22 @@ def on_device(record: dict, device: str) -> bool:
     return record.get("device") == "cuda" and re.search(rf"\b{re.escape(device)}\b", record.get("device_name", ""), re.I) is not None
 
 
-def pick(records: list[dict], device: str, select: dict, metric: str) -> tuple[dict | None, bool]:
-    """(newest matching record or None, whether the device has any record at all)."""
+def matches(records: list[dict], device: str, select: dict, metric: str) -> tuple[list[dict], bool]:
+    """(matching records, best first: non-quick, then newest; whether the device has any record)."""
     here = [r for r in records if on_device(r, device)]
     hits = [
         r for r in here
         if r.get("status", "ok") == "ok" and r.get(metric) is not None
         and all(r.get(k) == v for k, v in (select or {}).items())
     ]
-    if not hits:
-        return None, bool(here)
-    full = [r for r in hits if not r.get("quick")] or hits  # quick runs only when nothing else
-    return max(full, key=lambda r: r.get("timestamp", "")), True
+    hits.sort(key=lambda r: (not r.get("quick"), r.get("timestamp", "")), reverse=True)  # quick only as a last resort
+    return hits, bool(here)
+
+
+def pick(records: list[dict], device: str, select: dict, metric: str) -> tuple[dict | None, bool]:
+    """(best matching record or None, whether the device has any record at all)."""
+    hits, seen = matches(records, device, select, metric)
+    return (hits[0] if hits else None), seen
 
 
 def measure(claim: dict, records: list[dict]) -> tuple[float | None, str, str]:
@@ -81,6 +85,11 @@ def measure(claim: dict, records: list[dict]) -> tuple[float | None, str, str]:
         num, den = claim["ratio"]["numerator"], claim["ratio"]["denominator"]
         a, a_any = pick(records, num.get("device"), num.get("select"), num["metric"])
         b, b_any = pick(records, den.get("device"), den.get("select"), den["metric"])
+        if claim.get("same_run"):  # both sides from one run: same machine state, threads, versions
+            nums, _ = matches(records, num.get("device"), num.get("select"), num["metric"])
+            dens, _ = matches(records, den.get("device"), den.get("select"), den["metric"])
+            pairs = [(x, y) for x in nums for y in dens if x.get("run_id") == y.get("run_id")]
+            a, b = pairs[0] if pairs else (a, None)
         label = " / ".join(_device_label(r, s.get("device")) for r, s in ((a, num), (b, den)))
         if a is None or b is None:
             missing, seen = (num, a_any) if a is None else (den, b_any)

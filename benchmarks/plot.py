@@ -2,6 +2,7 @@
 
     python benchmarks/plot.py                                  # results/*.json -> results/throughput.png
     python benchmarks/plot.py --results results/cpu-*.json --out /tmp/cpu.png --include-quick
+    python benchmarks/plot.py --markdown                       # the same results as Markdown tables
 
 Top row: it/s (log scale); bottom row: peak memory (GPU: max allocated, solid; CPU: peak RSS,
 dashed). One column per model; one line per (device, precision actually used, model size,
@@ -77,12 +78,62 @@ def plot(records: list[dict], out: Path, include_quick: bool = False) -> Path | 
     return out
 
 
+def markdown_tables(records: list[dict], include_quick: bool = False) -> str:
+    """The newest model-suite point per series and the newest pipeline records, as Markdown tables."""
+    lines = ["| device | threads | model | size | batch | T | precision | it/s | samples/s | frames/s | "
+             "it/s per CPU-s | peak mem (MB) | params |", "|" + "---|" * 13]
+    for m, by_key in sorted(series(records, include_quick).items()):
+        for key, pts in sorted(by_key.items()):
+            for b, r in sorted(pts.items()):
+                mem = r.get("peak_gpu_mem_allocated_mb")
+                mem = f"{mem:,.0f} GPU alloc / {r['peak_gpu_mem_reserved_mb']:,.0f} res" if mem else f"{r['peak_cpu_rss_mb']:,.0f} RSS"
+                per_cpu = r.get("it_per_cpu_s") or (r["it_per_s"] / r["cpu_share"] if r.get("device") == "cpu" else None)
+                lines.append(
+                    f"| {key[0]} | {key[4] or '-'} | {m} | {key[2]} | {b} | {key[3]} | {key[1]} | {r['it_per_s']:.3g} | "
+                    f"{r['samples_per_s']:.3g} | {r['frames_per_s']:,.0f} | {f'{per_cpu:.3g}' if per_cpu else '-'} | {mem} | "
+                    f"{r['parameters']:,} |")
+    newest: dict = {}
+    for r in sorted(records, key=lambda r: r.get("timestamp", "")):
+        if r.get("suite") in ("overhead", "loader", "features", "predict", "scaling") and (include_quick or not r.get("quick")):
+            extra = r.get("num_workers") if r["suite"] == "loader" else r.get("video_frames")
+            key = (r["device_name"], r.get("env", {}).get("torch_threads"), r["suite"], r.get("config"), extra)
+            newest[key] = r
+    lines += ["", "| device | threads | suite | config | result |", "|---|---|---|---|---|"]
+    for (dev, thr, suite, cfg, _), r in sorted(newest.items(), key=lambda kv: [str(x) for x in kv[0]]):
+        lines.append(f"| {dev} | {thr} | {suite} | {cfg} | {pipeline_result(r)} |")
+    return "\n".join(lines)
+
+
+def pipeline_result(r: dict) -> str:
+    s = r["suite"]
+    if s == "overhead":
+        return (f"trainer {r['trainer_it_per_s']:.3g} it/s vs bare {r['bare_it_per_s']:.3g} it/s: ratio "
+                f"**{r['overhead_ratio']:.3f}** (IQR {r['overhead_ratio_iqr'][0]:.2f}-{r['overhead_ratio_iqr'][1]:.2f}; "
+                f"CPU-time {r['overhead_ratio_cpu']:.3f}), batch {r['batch_size']}, workers {r['num_workers']}")
+    if s == "loader":
+        return (f"{r['windows_per_s']:,.0f} windows/s vs model {r['model_samples_per_s']:,.0f}/s: ratio "
+                f"**{r['loader_ratio']:.1f}**, workers {r['num_workers']}")
+    if s == "features":
+        return f"**{r['frames_per_s']:,.0f}** pair-frames/s (transform), {r['fit_frames_per_s']:,.0f} (fit), {r['feature_dim']} features"
+    if s == "predict":
+        ratio = f"; 2x frames -> **{r['scaling_ratio']:.2f}x** time" if "scaling_ratio" in r else ""
+        return f"{r['video_frames']} frames: **{r['frames_per_s']:,.0f}** frames/s ({r['feature_s']:.2f} s of {r['time_s']:.2f} s features){ratio}"
+    if s == "scaling":
+        return (f"{r['videos']} -> {2 * r['videos']} videos: {r['time_s']:.1f} s -> {r['time_2x_s']:.1f} s, "
+                f"ratio **{r['scaling_ratio']:.2f}**" + (f" (CPU-time {r['scaling_ratio_cpu']:.2f})" if 'scaling_ratio_cpu' in r else ""))
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks/plot.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", nargs="*", help="result JSON files (default benchmarks/results/*.json)")
     p.add_argument("--out", default=str(RESULTS / "throughput.png"))
     p.add_argument("--include-quick", action="store_true", help="also plot --quick runs")
+    p.add_argument("--markdown", action="store_true", help="print the results as Markdown tables instead of plotting")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown_tables(load_records(args.results), args.include_quick))
+        return 0
     path = plot(load_records(args.results), Path(args.out), args.include_quick)
     if path:
         print(f"wrote {path}")
