@@ -14,12 +14,20 @@ from trainer.data.windows import Sequence, WindowDataset
 
 TINY_MODEL = ["--suite", "model", "--models", "per_frame_mlp,conv_bilstm", "--model-size", "default",
               "--batch-sizes", "2", "--seq-len", "8", "--input-dim", "12", "--warmup", "1", "--windows", "5",
-              "--min-window-s", "0", "--device", "cpu"]
+              "--min-window-s", "0", "--device", "cpu", "--threads", "1"]
 TINY_DATA = ["data.synthetic.num_videos=3", "data.synthetic.frames_per_video=240", "sequence_length=16",
              "batch_size=8", "conv_channels=[8]", "lstm_hidden=8"]
 MODEL_KEYS = {"suite", "model", "batch_size", "seq_len", "precision_requested", "precision_used", "status",
               "it_per_s", "it_per_s_windows", "samples_per_s", "frames_per_s", "peak_cpu_rss_mb", "parameters",
               "optimizer_state_mb", "device", "device_name", "device_slug", "env", "timestamp", "run_id"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def keep_torch_threads():
+    """The harness runs with --threads 1 here (fast on a busy 2-core box); give the setting back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +77,7 @@ def test_results_append_atomically(tmp_path):
 def test_pipeline_suites_run_on_tiny_data(tmp_path):
     out = tmp_path / "pipe.json"
     records = bench_train.run_benchmarks([
-        "--suite", "pipeline", "--device", "cpu", "--windows", "2", "--warmup", "1", "--overhead-pairs", "2",
+        "--suite", "pipeline", "--device", "cpu", "--threads", "1", "--windows", "2", "--warmup", "1", "--overhead-pairs", "2",
         "--no-epochs-check", "--min-window-s", "0", "--predict-frames", "400", "--scaling-repeats", "1",
         "--out", str(out), "--set", *TINY_DATA,
     ])
