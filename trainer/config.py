@@ -36,8 +36,8 @@ class SyntheticConfig:
     fps: float = 30.0  # frame rate of the generated videos
     seed: int = 0  # generator seed (independent of the training seed)
     arena_size: list = field(default_factory=lambda: [1024.0, 570.0])  # arena width, height in pixels
-    jitter_px: float = 2.0  # std of Gaussian tracking noise per keypoint, pixels
-    missing_rate: float = 0.01  # probability a keypoint starts a missing (NaN) run on a frame
+    jitter_px: float = 3.0  # std of Gaussian tracking noise per keypoint, pixels
+    missing_rate: float = 0.004  # probability a keypoint starts a missing (NaN) run on a frame
     difficulty: float = 1.0  # scales the ambiguity between behaviours (0 = easy, 2 = hard)
 
 
@@ -98,20 +98,20 @@ class Config:
     model_type: str = "conv_bilstm"  # conv_bilstm | transformer | per_frame_mlp (trainer.models.MODELS)
     input_dim: int = 0  # seed key: raw coordinate count (2 mice x bodyparts x 2); 0 = not checked
     num_classes: int = 0  # 0 = from the data; else must equal the data's class count
-    hidden_dim: int = 256  # transformer width / MLP width
-    num_layers: int = 4  # transformer encoder layers / MLP hidden layers
-    num_heads: int = 8  # transformer attention heads
-    conv_channels: list = field(default_factory=lambda: [64, 128, 256])  # Conv1d block widths
+    hidden_dim: int = 128  # transformer width / MLP width
+    num_layers: int = 2  # transformer encoder layers / MLP hidden layers
+    num_heads: int = 4  # transformer attention heads
+    conv_channels: list = field(default_factory=lambda: [64, 64])  # Conv1d block widths
     conv_kernel: int = 3  # Conv1d kernel size (odd)
-    lstm_hidden: int = 256  # BiLSTM hidden size per direction
-    lstm_layers: int = 2  # BiLSTM layers
+    lstm_hidden: int = 64  # BiLSTM hidden size per direction
+    lstm_layers: int = 1  # BiLSTM layers
     dropout: float = 0.1  # dropout in every model
     # --- optimisation ---
-    epochs: int = 10  # passes over the training windows
-    batch_size: int = 16  # windows per step per process
+    epochs: int = 12  # passes over the training windows
+    batch_size: int = 32  # windows per step per process
     grad_accum_steps: int = 1  # micro-batches per optimizer step
-    learning_rate: float = 1e-4  # peak learning rate
-    weight_decay: float = 1e-5  # decoupled (adamw) or L2 (adam, sgd) weight decay
+    learning_rate: float = 2e-3  # peak learning rate
+    weight_decay: float = 1e-4  # decoupled (adamw) or L2 (adam, sgd) weight decay
     optimizer: str = "adamw"  # adamw | adam | sgd
     momentum: float = 0.9  # sgd momentum
     grad_clip: float = 1.0  # max gradient norm; 0 = off
@@ -207,6 +207,8 @@ def _coerce(key: str, value: Any, tp: Any, where: str) -> Any:
             raise bad
         return float(value)
     if tp is str:
+        if isinstance(value, bool) and "no" in _CHOICES.get(key, ()):
+            return "no" if not value else "yes"  # YAML 1.1 reads a bare `no` as False
         if value is None:
             return ""
         if not isinstance(value, str | int | float) or isinstance(value, bool):

@@ -1,0 +1,165 @@
+"""Fixed-length windows over per-pair feature sequences, and stitching them back to frames.
+
+A *sequence* is one (video, agent-target pair): features (T, F), labels (T,), and the
+classes known for it. Windows take `length` frames spaced `gap` apart.
+
+* Training windows start every `stride` frames (plus a random +-`jitter` shift per epoch);
+  sequences shorter than one window are skipped.
+* Evaluation windows cover every frame exactly once per phase: for frame_gap g the video is
+  split into g interleaved sub-sequences, each tiled by windows at half-window stride with
+  the last one aligned to the end; short sequences are padded. `Stitcher` averages the
+  overlapping logits so every frame gets exactly one prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from trainer.data.recording import UNLABELLED, DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sequence:
+    """Features and labels of one (video, pair). x: (T, F) float32; y: (T,) int64 (-1 unlabelled)."""
+
+    video_id: str
+    pair: int
+    x: np.ndarray
+    y: np.ndarray
+    class_mask: np.ndarray  # (C,) bool: classes annotated for this pair (others never negatives)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.x)
+
+
+def make_sequences(recs, feats, num_classes: int) -> list[Sequence]:
+    """Zip recordings with their per-pair feature arrays into Sequences."""
+    out = []
+    for rec, per_pair in zip(recs, feats):
+        for p, x in enumerate(per_pair):
+            y = rec.labels[:, p] if rec.labels is not None else np.full(len(x), UNLABELLED, dtype=np.int64)
+            cm = np.ones(num_classes, dtype=bool) if rec.label_mask is None else np.asarray(rec.label_mask[p], bool)
+            out.append(Sequence(rec.video_id, p, x, y, cm))
+    return out
+
+
+class WindowDataset(Dataset):
+    """Windows of `length` frames; each item is a dict of tensors:
+
+    x (L, F) float32, y (L,) int64 (-1 = pad/unlabelled), valid (L,) bool,
+    class_mask (C,) bool, index (3,) int64 = (sequence, phase, start) for stitching.
+    """
+
+    def __init__(
+        self,
+        seqs: list[Sequence],
+        *,
+        length: int,
+        gap: int = 1,
+        stride: int | None = None,
+        train: bool = False,
+        jitter: int = 0,
+        noise_std: float = 0.0,
+        seed: int = 0,
+    ):
+        self.seqs, self.length, self.gap, self.train = seqs, int(length), int(gap), train
+        self.jitter, self.noise_std, self.seed, self.epoch = int(jitter), float(noise_std), int(seed), 0
+        span = (self.length - 1) * self.gap + 1  # original frames covered by one window
+        if train:
+            stride = max(1, stride or self.length // 2)
+            items = []
+            for i, s in enumerate(seqs):
+                if s.num_frames >= span:
+                    starts = list(range(0, s.num_frames - span + 1, stride))
+                    items += [(i, 0, st) for st in starts]
+            if not items:
+                longest = max((s.num_frames for s in seqs), default=0)
+                raise DataError(
+                    f"sequence_length {self.length} x frame_gap {self.gap} = {span} frames is longer than "
+                    f"every training video (longest: {longest} frames); lower sequence_length"
+                )
+            skipped = sum(s.num_frames < span for s in seqs)
+            if skipped:
+                log.warning("skipped %d training sequences shorter than one window (%d frames)", skipped, span)
+        else:
+            items = []
+            half = max(1, self.length // 2)
+            for i, s in enumerate(seqs):
+                for phase in range(min(self.gap, s.num_frames)):
+                    n = len(range(phase, s.num_frames, self.gap))
+                    starts = list(range(0, max(1, n - self.length + 1), half))
+                    if n > self.length and starts[-1] != n - self.length:
+                        starts.append(n - self.length)  # last window aligned to the end
+                    items += [(i, phase, st) for st in starts]
+        self.items = np.asarray(items, dtype=np.int64).reshape(-1, 3)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training randomness (jitter, noise) depends on (seed, epoch, item) only: resumable."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def frames(self, i: int) -> np.ndarray:
+        """Original frame indices of window i (may exceed the sequence end for padded windows)."""
+        seq, phase, start = self.items[i]
+        return phase + self.gap * (start + np.arange(self.length))
+
+    def __getitem__(self, i: int) -> dict:
+        seq_i, phase, start = (int(v) for v in self.items[i])
+        s = self.seqs[seq_i]
+        rng = np.random.default_rng((self.seed, self.epoch, i)) if self.train else None
+        if self.train and self.jitter:
+            span = (self.length - 1) * self.gap + 1
+            start = int(np.clip(start + rng.integers(-self.jitter, self.jitter + 1), 0, s.num_frames - span))
+            idx = start + self.gap * np.arange(self.length)
+        else:
+            idx = phase + self.gap * (start + np.arange(self.length))
+        valid = idx < s.num_frames
+        safe = np.where(valid, idx, 0)
+        x = s.x[safe]
+        y = np.where(valid, s.y[safe], UNLABELLED)
+        if self.train and self.noise_std > 0:
+            x = x + rng.normal(0.0, self.noise_std, x.shape).astype(np.float32)
+        x = np.where(valid[:, None], x, 0.0).astype(np.float32)
+        return {
+            "x": torch.from_numpy(x),
+            "y": torch.from_numpy(y.astype(np.int64)),
+            "valid": torch.from_numpy(valid),
+            "class_mask": torch.from_numpy(s.class_mask),
+            "index": torch.tensor([seq_i, phase, start], dtype=torch.int64),
+        }
+
+
+class Stitcher:
+    """Accumulates window logits back onto the frames of each sequence (mean over overlaps)."""
+
+    def __init__(self, seqs: list[Sequence], num_classes: int, gap: int, length: int):
+        self.seqs, self.gap, self.length = seqs, gap, length
+        self.sum = [np.zeros((s.num_frames, num_classes), dtype=np.float64) for s in seqs]
+        self.count = [np.zeros(s.num_frames, dtype=np.int64) for s in seqs]
+
+    def add(self, logits: np.ndarray, index: np.ndarray) -> None:
+        """logits (B, L, C); index (B, 3) = (sequence, phase, start)."""
+        for lg, (seq_i, phase, start) in zip(logits, index):
+            idx = phase + self.gap * (start + np.arange(self.length))
+            ok = idx < self.seqs[seq_i].num_frames
+            np.add.at(self.sum[seq_i], idx[ok], lg[ok])
+            np.add.at(self.count[seq_i], idx[ok], 1)
+
+    def logits(self) -> list[np.ndarray]:
+        """Per sequence (T, C) mean logits; raises if a frame received no window."""
+        out = []
+        for s, sm, c in zip(self.seqs, self.sum, self.count):
+            if (c == 0).any():
+                raise RuntimeError(f"{s.video_id}: {int((c == 0).sum())} frames received no prediction")
+            out.append(sm / c[:, None])
+        return out

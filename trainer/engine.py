@@ -1,0 +1,192 @@
+"""The Accelerate loop: `train_one_epoch` and `evaluate`, each returning a metric dict.
+
+Everything around them (run directory, checkpoints, early stopping, logging) lives in
+trainer/run.py; these two functions only do forward/backward/step and scoring.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from trainer.data.recording import UNLABELLED
+from trainer.data.windows import Sequence, Stitcher
+from trainer.metrics import frame_scores
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+    def __init__(self, epoch: int, step: int, value: float):
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(
+            f"training loss became {value} at epoch {epoch}, step {step}; stopped without saving. "
+            "Lower learning_rate, set grad_clip, or use mixed_precision=no"
+        )
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def frame_loss(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    class_mask: torch.Tensor | None = None,
+    *,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    focal_gamma: float = 0.0,
+) -> torch.Tensor:
+    """Weighted per-frame cross entropy (focal when focal_gamma > 0).
+
+    logits (B, T, C); y (B, T) with -1 = unlabelled/padding (ignored); class_mask (B, C)
+    bool = classes annotated for the window's pair: the others are removed from the softmax,
+    so an unannotated behaviour is never treated as a negative. Returns the mean over
+    labelled frames weighted by weight[y] (like F.cross_entropy's weighted mean).
+    """
+    logits = logits.float()
+    C = logits.shape[-1]
+    if class_mask is not None:
+        logits = logits.masked_fill(~class_mask.bool()[:, None, :], -1e4)
+    logp = F.log_softmax(logits, dim=-1).reshape(-1, C)
+    yy = y.reshape(-1)
+    valid = yy != UNLABELLED
+    if not valid.any():
+        return logits.sum() * 0.0  # keeps the graph (and DDP) alive for all-unlabelled batches
+    logp, yy = logp[valid], yy[valid]
+    nll = -logp.gather(1, yy[:, None]).squeeze(1)
+    if label_smoothing > 0:
+        allowed = torch.ones_like(logp, dtype=torch.bool)
+        if class_mask is not None:
+            allowed = class_mask.bool()[:, None, :].expand(-1, y.shape[1], -1).reshape(-1, C)[valid]
+        smooth = -(logp * allowed).sum(1) / allowed.sum(1)
+        nll = (1 - label_smoothing) * nll + label_smoothing * smooth
+    if focal_gamma > 0:
+        pt = torch.exp(-nll.detach()).clamp(max=1.0)
+        nll = (1 - pt) ** focal_gamma * nll
+    w = weight[yy] if weight is not None else torch.ones_like(nll)
+    return (w * nll).sum() / w.sum().clamp_min(1e-12)
+
+
+def mixup(batch: dict, alpha: float, generator: torch.Generator) -> tuple[dict, dict | None, float]:
+    """Mix each window with another of the batch: x = lam x + (1 - lam) x[perm]."""
+    if alpha <= 0:
+        return batch, None, 1.0
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator))).beta(alpha, alpha))
+    perm = torch.randperm(batch["x"].shape[0], generator=generator).to(batch["x"].device)
+    mixed = dict(batch, x=lam * batch["x"] + (1 - lam) * batch["x"][perm])
+    other = {"y": batch["y"][perm], "class_mask": batch["class_mask"][perm]}
+    return mixed, other, lam
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def train_one_epoch(
+    model,
+    loader,
+    optimizer,
+    accelerator,
+    *,
+    epoch: int,
+    loss_kwargs: dict,
+    grad_clip: float = 0.0,
+    step_scheduler=None,
+    mixup_alpha: float = 0.0,
+    log_every: int = 10,
+    global_step: int = 0,
+    seed: int = 0,
+) -> dict:
+    """One pass over `loader`. Returns {"train_loss", "steps", "samples", "time_s", "global_step"}.
+
+    step_scheduler: a per-optimizer-step LR scheduler (cosine/onecycle/warm-up) or None.
+    The loss is checked for NaN/inf every `log_every` steps (one sync) and at the end.
+    """
+    model.train()
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    total = torch.zeros((), device=accelerator.device)
+    window = torch.zeros((), device=accelerator.device)
+    n_batches, samples, t0 = 0, 0, time.perf_counter()
+    bar = tqdm(
+        loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True, disable=not accelerator.is_local_main_process
+    )
+    for step, batch in enumerate(bar):
+        batch, other, lam = mixup(batch, mixup_alpha, gen)
+        with accelerator.accumulate(model):
+            logits = model(batch["x"], batch["valid"])
+            loss = frame_loss(logits, batch["y"], batch["class_mask"], **loss_kwargs)
+            if other is not None:
+                loss = lam * loss + (1 - lam) * frame_loss(logits, other["y"], other["class_mask"], **loss_kwargs)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                global_step += 1
+                if step_scheduler is not None:
+                    step_scheduler.step()
+        total += loss.detach()
+        window += loss.detach()
+        n_batches += 1
+        samples += batch["x"].shape[0]
+        if (step + 1) % max(1, log_every) == 0:
+            mean = accelerator.gather(window[None]).mean().item() / log_every
+            if not math.isfinite(mean):
+                raise NonFiniteLossError(epoch, step, mean)
+            window.zero_()
+            bar.set_postfix(loss=f"{mean:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            accelerator.log({"train/loss_step": mean, "train/lr": optimizer.param_groups[0]["lr"]}, step=global_step)
+    mean = accelerator.gather(total[None]).mean().item() / max(1, n_batches)
+    if not math.isfinite(mean):
+        raise NonFiniteLossError(epoch, n_batches - 1, mean)
+    return {
+        "train_loss": mean,
+        "steps": n_batches,
+        "samples": samples * accelerator.num_processes,
+        "time_s": time.perf_counter() - t0,
+        "global_step": global_step,
+    }
+
+
+@torch.no_grad()
+def predict_logits(model, loader, accelerator, seqs: list[Sequence], *, num_classes: int, gap: int, length: int):
+    """Every frame of every sequence exactly once: per sequence (T, C) logits (overlaps averaged).
+
+    Windows are sharded over processes; `gather_for_metrics` drops the padding duplicates
+    Accelerate adds to even out the last batch, so each window is counted once.
+    """
+    model.eval()
+    stitcher = Stitcher(seqs, num_classes, gap, length)
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
+        logits = model(batch["x"], batch["valid"]).float()
+        logits, index = accelerator.gather_for_metrics((logits, batch["index"]))
+        stitcher.add(logits.cpu().numpy(), index.cpu().numpy())
+    return stitcher.logits()
+
+
+def masked_argmax(logits: np.ndarray, class_mask: np.ndarray) -> np.ndarray:
+    """(T, C) logits -> (T,) class, choosing only among the classes annotated for the pair."""
+    return np.where(class_mask[None, :], logits, -np.inf).argmax(axis=1)
+
+
+def evaluate(
+    model, loader, accelerator, seqs: list[Sequence], *, class_names: list[str], background: str, gap: int, length: int
+) -> dict:
+    """Val loss (unweighted per-frame CE) and frame scores over every val frame once."""
+    C = len(class_names)
+    per_seq = predict_logits(model, loader, accelerator, seqs, num_classes=C, gap=gap, length=length)
+    y_true = np.concatenate([s.y for s in seqs])
+    y_pred = np.concatenate([masked_argmax(lg, s.class_mask) for lg, s in zip(per_seq, seqs)])
+    logits = torch.from_numpy(np.concatenate(per_seq)).float()
+    masks = torch.from_numpy(np.concatenate([np.repeat(s.class_mask[None], s.num_frames, 0) for s in seqs]))
+    logits = logits.masked_fill(~masks, -1e4)  # unannotated classes are not negatives
+    val_loss = frame_loss(logits[None], torch.from_numpy(y_true)[None], None).item()
+    scores = frame_scores(y_true, y_pred, class_names, background)
+    scores["val_loss"] = val_loss
+    return scores

@@ -1,0 +1,33 @@
+"""Model registry: name -> builder. Each model maps (B, T, F) features to (B, T, C) logits.
+
+Builders take explicit keyword arguments; `build_model(cfg, input_dim, num_classes)` picks
+the ones a model needs from the config, so models never see the whole config.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from trainer.models.conv_bilstm import ConvBiLSTM
+from trainer.models.per_frame_mlp import PerFrameMLP
+from trainer.models.transformer import TransformerTagger
+
+MODELS: dict[str, type[nn.Module]] = {
+    "conv_bilstm": ConvBiLSTM,
+    "transformer": TransformerTagger,
+    "per_frame_mlp": PerFrameMLP,  # baseline without temporal context
+}
+
+
+def build_model(cfg, *, input_dim: int, num_classes: int) -> nn.Module:
+    """Instantiate `cfg.model_type` with the constructor arguments it declares, taken from `cfg`."""
+    cls = MODELS[cfg.model_type]
+    names = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "input_dim", "num_classes")]
+    kwargs = {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}  # others keep their defaults
+    return cls(input_dim=input_dim, num_classes=num_classes, **kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
