@@ -62,6 +62,8 @@ class DataConfig:
     labs: list = field(default_factory=list)  # mabe25: read only these lab_ids; [] = every lab
     min_likelihood: float = 0.0  # dlc/simba: keypoints with pose likelihood below this become NaN
     pix_per_cm: float = 0.0  # pixels per cm where the format does not store it (calms21, dlc, simba); 0 = unknown
+    skeleton: str = "auto"  # native | canonical | auto (= canonical when videos track different body parts)
+    units: str = "px"  # px | cm (divide coordinates by each video's pix_per_cm; comparable across labs)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -164,6 +166,8 @@ _CHOICES = {
     "loss": ("cross_entropy", "focal"),
     "data.split": ("by_video", "by_lab", "kfold"),
     "data.annotation_format": ("auto", "boris", "caltech"),
+    "data.skeleton": ("auto", "native", "canonical"),
+    "data.units": ("px", "cm"),
 }
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from trainer.data.recording import UNLABELLED, DataError, Recording
+from trainer.data.skeleton import harmonise
 
 Reader = Callable[..., list[Recording]]
 
@@ -79,7 +80,10 @@ def load_splits(cfg) -> tuple[list[Recording], list[Recording]]:
         train_path, val_path = "", ""
     recs = read_recordings(d.format, train_path, data=d, fps=cfg.fps)
     if val_path:
-        return recs, read_recordings(d.format, val_path, data=d, fps=cfg.fps)
+        val = read_recordings(d.format, val_path, data=d, fps=cfg.fps)
+        both = harmonise(recs + val, skeleton=d.skeleton, units=d.units)  # one layout for both sides
+        return both[: len(recs)], both[len(recs):]
+    recs = harmonise(recs, skeleton=d.skeleton, units=d.units)
     splitter = SPLITTERS.get(d.split)
     if splitter is None:
         raise DataError(f"config key 'data.split': unknown split '{d.split}'")
