@@ -54,6 +54,16 @@ LSTM_MODELS = {"conv_bilstm"}
 # ============================================================================ setup helpers
 
 
+def new_accelerator(**kwargs) -> Accelerator:
+    """An Accelerator, also when one was already built in this process with other settings."""
+    if AcceleratorState._shared_state and not torch.distributed.is_initialized():
+        # a second train() in one process (tests, reused Ray Tune actors, predict after train):
+        # Accelerate's state is a per-process singleton that refuses another mixed_precision
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return Accelerator(**kwargs)
+
+
 def make_accelerator(cfg: Config, run_dir: Path | None) -> tuple[Accelerator, str]:
     """Accelerator for the requested device/precision; returns it and the precision really used.
 
@@ -70,12 +80,7 @@ def make_accelerator(cfg: Config, run_dir: Path | None) -> tuple[Accelerator, st
         precision, why = "no", "bf16 autocast of an LSTM on the CPU is ~30x slower than fp32"
     elif precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         precision, why = "fp16", "this GPU has no bf16 support (e.g. T4)"
-    if AcceleratorState._shared_state and not torch.distributed.is_initialized():
-        # a second train() in one process (tests, reused Ray Tune actors): Accelerate's state is a
-        # per-process singleton that refuses a different mixed_precision unless reset
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    accelerator = Accelerator(
+    accelerator = new_accelerator(
         cpu=not cuda,
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.grad_accum_steps,
