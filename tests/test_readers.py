@@ -104,7 +104,7 @@ def test_mabe25_train_layout(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         recs = read("mabe25", tmp_path)
     assert [r.video_id for r in recs] == ["101"]  # 202 has no behaviors_labeled: skipped
-    assert "without behaviors_labeled skipped" in caplog.text
+    assert "without behaviors_labeled" in caplog.text
     assert "clipped" in caplog.text  # sniff [30, 60) runs past the 40 tracked frames
     r = recs[0]
     assert r.keypoints.shape == (40, 3, 5, 2) and r.fps == 30.0
@@ -198,10 +198,15 @@ def test_mabe25_malformed(tmp_path, break_it, match):
     assert "\n" not in str(e.value)
 
 
-def test_mabe25_unknown_behaviour(tmp_path):
-    write_mabe(tmp_path, videos=_one_video())
-    with pytest.raises(DataError, match="unknown behaviour 'sniff'"):
-        read("mabe25", tmp_path, behaviors=["attack"])
+def test_mabe25_explicit_behaviours_select_actions(tmp_path, caplog):
+    write_mabe(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        recs = read("mabe25", tmp_path, behaviors=["attack", "rear"])
+    assert "ignored: sniff" in caplog.text and "outside the class list ignored" in caplog.text
+    assert [r.video_id for r in recs] == ["101", "201"]  # 102 only had sniff labelled
+    r = recs[0]
+    assert r.class_names == ["other", "attack", "rear"] and r.pairs == [(0, 0), (1, 0)]
+    assert (r.labels[12:14, 1] == 1).all()  # mouse2->mouse1 attack; its overlapping sniff bout is dropped
 
 
 # --------------------------------------------------------------------------- DeepLabCut + BORIS / Caltech

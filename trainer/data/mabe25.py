@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainer.data.common import check_known, check_tracking, class_list, clip_intervals, paint_pair
+from trainer.data.common import check_tracking, class_list, clip_intervals, paint_pair
 from trainer.data.recording import UNLABELLED, DataError, Recording
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,9 @@ def read_mabe25(path: str, *, data, fps: float) -> list[Recording]:
 
     Args:
         path: dataset root, `train.csv`/`test.csv`, or one `*_tracking/<lab>/<video>.parquet`.
-        data: DataConfig (uses background_class, behaviors, labs).
+        data: DataConfig (uses background_class, behaviors, labs). An explicit
+            `data.behaviors` selects actions: other whitelisted actions and their bouts are
+            ignored (logged), so a model can be trained on (or predict) a subset.
         fps: ignored; every video's fps comes from the csv (`frames_per_second`).
 
     Returns:
@@ -71,17 +73,23 @@ def read_mabe25(path: str, *, data, fps: float) -> list[Recording]:
         row.video_id: parse_behaviors_labeled(row.behaviors_labeled, source=f"{csv_path} video {row.video_id}")
         for row in table.itertuples(index=False)
     }
+    actions = {a for wl in whitelists.values() for _, _, a in wl}
+    classes = class_list(actions, behaviors=list(data.behaviors), background=data.background_class)
+    if data.behaviors:
+        # an explicit class list selects actions: the others are not modelled (never negatives either)
+        dropped = sorted(actions - set(classes))
+        if dropped:
+            log.warning("mabe25: actions not in data.behaviors are ignored: %s", ", ".join(dropped))
+        whitelists = {v: [tr for tr in wl if tr[2] in classes] for v, wl in whitelists.items()}
     annotated = split != "test"
     if annotated:
         keep = [bool(whitelists[v]) for v in table["video_id"]]
         skipped = len(table) - sum(keep)
         if skipped:
-            log.info("mabe25: %d video(s) without behaviors_labeled skipped (unannotated)", skipped)
+            log.info("mabe25: %d video(s) without behaviors_labeled (of the chosen actions) skipped", skipped)
         table = table[keep]
         if table.empty:
-            raise DataError(f"{csv_path}: no video has behaviors_labeled, nothing to train on")
-    actions = {a for v in table["video_id"] for _, _, a in whitelists[v]}
-    classes = class_list(actions, behaviors=list(data.behaviors), background=data.background_class)
+            raise DataError(f"{csv_path}: no video has behaviors_labeled (for data.behaviors), nothing to train on")
     recs = []
     for row in table.itertuples(index=False):
         recs.append(_read_video(row, root, split, csv_path, whitelists[row.video_id], classes, annotated))
@@ -206,7 +214,11 @@ def _read_video(row, root, split, csv_path, whitelist, classes, annotated) -> Re
     if annotated:
         ann_file = root / f"{split}_annotation" / lab / f"{vid}.parquet"
         ann = read_annotation(ann_file, T=T, numbers=set(numbers))
-        check_known(ann["action"].unique(), classes, source=ann_file)
+        unknown = ~ann["action"].isin(classes)
+        if unknown.any():
+            log.warning("%s: %d bout(s) of actions outside the class list ignored (e.g. %s)",
+                        ann_file, int(unknown.sum()), ann["action"][unknown].iloc[0])
+            ann = ann[~unknown].reset_index(drop=True)
         wl = set(whitelist)
         extra = [tr for tr in zip(ann["agent_id"], ann["target_id"], ann["action"], strict=True) if tr not in wl]
         if extra:
@@ -219,7 +231,6 @@ def _read_video(row, root, split, csv_path, whitelist, classes, annotated) -> Re
     ann_pairs = set() if ann is None else set(zip(ann["agent_id"], ann["target_id"], strict=True))
     pair_nums = sorted({(a, t) for a, t, _ in whitelist} | ann_pairs) or [(a, t) for a in numbers for t in numbers]
     pairs = [(index[a], index[t]) for a, t in pair_nums]
-    check_known([a for _, _, a in whitelist], classes, source=f"{csv_path} video {vid} behaviors_labeled")
     mask = np.zeros((len(pairs), len(classes)), dtype=bool)
     pidx = {pn: p for p, pn in enumerate(pair_nums)}
     for a, t, act in whitelist:
