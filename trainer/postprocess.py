@@ -8,18 +8,24 @@ Typical chain for one (video, pair), probabilities (T, C) with the background at
     y = remove_short_bouts(y, min_length=3, background=0)  # drop flickers
     ivs = frames_to_intervals(y, background=0)             # [(class, start, stop)], stop exclusive
 
-`postprocess_probs` runs the whole chain. `mabe_submission` turns per-frame labels of
+`postprocess_probs` runs the whole chain; `PostprocessSettings` holds its parameters (saved
+as `postprocess.json` next to a checkpoint by `python -m trainer.evaluate --fit-postprocess`
+and used by `python -m trainer.predict`). `mabe_submission` turns per-frame labels of
 mabe25 recordings into the Kaggle CSV (only whitelisted triples, one action per pair and
 frame by construction).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from trainer.data.common import paint_intervals
-from trainer.data.recording import UNLABELLED, Recording
+from trainer.data.recording import UNLABELLED, DataError, Recording
 
 # --------------------------------------------------------------------------- runs and intervals
 
@@ -250,3 +256,76 @@ def mabe_submission(recs: list[Recording], labels: list[np.ndarray], *, backgrou
     df = pd.DataFrame(rows, columns=["video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame"])
     df.insert(0, "row_id", np.arange(len(df), dtype=np.int64))
     return df
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass
+class PostprocessSettings:
+    """The post-processing of one model, saved as `postprocess.json` next to its checkpoint.
+
+    thresholds: {class name: probability threshold} (empty = plain argmax);
+    smooth_window / smooth_method: temporal smoothing of probabilities (frames; mean|median);
+    max_gap: background gaps of <= max_gap frames inside a bout are filled;
+    min_bout: bouts shorter than min_bout frames become background.
+    """
+
+    thresholds: dict = field(default_factory=dict)
+    smooth_window: int = 1
+    smooth_method: str = "mean"
+    max_gap: int = 0
+    min_bout: int = 1
+
+    @classmethod
+    def load(cls, path: str | Path) -> PostprocessSettings:
+        try:
+            raw = json.loads(Path(path).read_text())
+            return cls(**raw)
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise DataError(f"{path}: not a valid postprocess.json ({type(e).__name__}: {e})") from None
+
+    def save(self, path: str | Path) -> None:
+        tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    def threshold_array(self, class_names: list[str]) -> np.ndarray | None:
+        """(C,) thresholds in class order, or None for argmax; missing classes get 0.5."""
+        if not self.thresholds:
+            return None
+        return np.array([float(self.thresholds.get(c, 0.5)) for c in class_names])
+
+    def apply(self, probs: np.ndarray, class_names: list[str], *, background: int = 0,
+              class_mask: np.ndarray | None = None) -> np.ndarray:
+        """(T, C) probabilities of one (video, pair) -> (T,) labels."""
+        return postprocess_probs(
+            probs, thresholds=self.threshold_array(class_names), smooth_window=self.smooth_window,
+            smooth_method=self.smooth_method, max_gap=self.max_gap, min_bout=self.min_bout,
+            background=background, class_mask=class_mask,
+        )
+
+
+def fit_settings(
+    probs: list[np.ndarray],
+    y_true: list[np.ndarray],
+    class_names: list[str],
+    *,
+    background: int = 0,
+    smooth_window: int = 1,
+    smooth_method: str = "mean",
+    max_gap: int = 0,
+    min_bout: int = 1,
+) -> PostprocessSettings:
+    """Fit per-class thresholds on validation sequences (after the given smoothing).
+
+    Args:
+        probs: per (video, pair) sequence, (T, C) probabilities.
+        y_true: per sequence, (T,) true labels (-1 ignored).
+    """
+    smoothed = np.concatenate([smooth_probs(p, window=smooth_window, method=smooth_method) for p in probs])
+    thr = fit_thresholds(smoothed, np.concatenate(y_true), background=background)
+    return PostprocessSettings(
+        thresholds={c: float(t) for i, (c, t) in enumerate(zip(class_names, thr, strict=True)) if i != background},
+        smooth_window=smooth_window, smooth_method=smooth_method, max_gap=max_gap, min_bout=min_bout,
+    )

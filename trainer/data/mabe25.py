@@ -214,6 +214,7 @@ def _read_video(row, root, split, csv_path, whitelist, classes, annotated) -> Re
     if annotated:
         ann_file = root / f"{split}_annotation" / lab / f"{vid}.parquet"
         ann = read_annotation(ann_file, T=T, numbers=set(numbers))
+        full = ann  # the official score counts every annotated action, modelled or not
         unknown = ~ann["action"].isin(classes)
         if unknown.any():
             log.warning("%s: %d bout(s) of actions outside the class list ignored (e.g. %s)",
@@ -259,7 +260,7 @@ def _read_video(row, root, split, csv_path, whitelist, classes, annotated) -> Re
             mask[p, 0] = mask[p, 1:].any()  # background is known wherever any action was labelled
             fill = 0 if mask[p, 0] else UNLABELLED
             labels[:, p] = paint_pair(T, ivs, fill=fill, source=ann_file, pair=f"mouse{a}->mouse{t}")
-        meta["intervals"] = ann
+        meta["intervals"] = full
         meta["annotation_source"] = str(ann_file)
     else:
         mask[:, 0] = mask[:, 1:].any(axis=1)

@@ -189,3 +189,13 @@ def harmonise(recs: list[Recording], *, skeleton: str = "auto", units: str = "px
     elif units != "px":
         raise DataError(f"config key 'data.units' must be px or cm; got {units!r}")
     return recs
+
+
+def conform(recs: list[Recording], *, bodyparts: list[str], units: str = "px") -> list[Recording]:
+    """Recordings laid out like a model's training data: its body parts and units.
+
+    Used by predict/evaluate on new files: `match_skeleton` to the checkpoint's body-part
+    list (canonical mapping or re-ordering), then `to_cm` when the model was trained in cm.
+    """
+    out = [match_skeleton(r, bodyparts) for r in recs]
+    return [to_cm(r) for r in out] if units == "cm" else out
