@@ -80,13 +80,16 @@ def make_accelerator(cfg: Config, run_dir: Path | None) -> tuple[Accelerator, st
         precision, why = "no", "bf16 autocast of an LSTM on the CPU is ~30x slower than fp32"
     elif precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         precision, why = "fp16", "this GPU has no bf16 support (e.g. T4)"
-    accelerator = new_accelerator(
-        cpu=not cuda,
-        mixed_precision=precision,
-        gradient_accumulation_steps=cfg.grad_accum_steps,
-        log_with="tensorboard" if run_dir is not None else None,
-        project_dir=str(run_dir) if run_dir is not None else None,
-    )
+    try:
+        accelerator = new_accelerator(
+            cpu=not cuda,
+            mixed_precision=precision,
+            gradient_accumulation_steps=cfg.grad_accum_steps,
+            log_with="tensorboard" if run_dir is not None else None,
+            project_dir=str(run_dir) if run_dir is not None else None,
+        )
+    except ValueError as e:  # e.g. WORLD_SIZE set by hand without MASTER_ADDR
+        raise ConfigError(f"Accelerate could not start the process group: {e}") from None
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
         raise ConfigError(
