@@ -450,7 +450,7 @@ def train(
             tr = train_one_epoch(
                 model, train_loader, optimizer, accelerator, epoch=epoch, loss_kwargs=loss_kwargs,
                 grad_clip=cfg.grad_clip, step_scheduler=step_sched, mixup_alpha=cfg.mixup_alpha if cfg.use_augmentation else 0.0,
-                log_every=cfg.log_every, global_step=state["global_step"], seed=cfg.seed,
+                log_every=cfg.log_every, global_step=state["global_step"], seed=cfg.seed, total_epochs=cfg.epochs,
             )
             ev = evaluate(model, val_loader, accelerator, data.val_seqs, class_names=data.class_names,
                           background=data.background, gap=cfg.frame_gap, length=data.length)
