@@ -107,6 +107,7 @@ def test_existing_run_is_never_overwritten(tiny, tmp_path, caplog):
         (["class_weights=[1,2,3]"], "class_weights' has 3 values but the data has 4 classes"),
         (["sequence_length=5000"], "longer than every training video"),
         (["data.synthetic.num_videos=1"], "need at least 2 videos"),
+        (["data.synthetic.num_videos=0"], "no recordings found"),
         (["num_classes=5"], "num_classes' is 5 but the data has 4"),
         (["input_dim=30"], "input_dim' is 30 but the data has 28"),
         (["data.format=calms"], "unknown format 'calms'"),
@@ -205,3 +206,25 @@ def test_launcher_world_size_without_process_group_is_an_error(tmp_path):
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: Accelerate could not start the process group")
+
+
+def test_early_stopping_and_resume_auto(tiny, tmp_path):
+    # lr ~ 0 and no BatchNorm statistics: predictions never change, so val macro F1 never improves
+    final = train(make_config(overrides=[*tiny, "name=es", "epochs=6", "early_stopping_patience=2",
+                                         "learning_rate=1e-12", "use_augmentation=false", "model_type=per_frame_mlp"]))
+    assert final["epochs_run"] == 3 and final["best_epoch"] == 1
+    # resume=auto continues the named run from its last checkpoint; a finished run stays finished
+    assert main([*tiny, "name=es", "resume=auto", "epochs=6", "early_stopping_patience=2",
+                 "learning_rate=1e-12", "use_augmentation=false", "model_type=per_frame_mlp"]) == 0
+    rows = (_run_dir(tmp_path, "es") / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) >= 3
+
+
+@pytest.mark.parametrize("yaml", ["configs/v3_transformer_t4.yaml", "configs/v4_conv_bilstm_a10g.yaml"])
+def test_seed_yamls_run_with_overrides_only(yaml, tmp_path):
+    tiny_data = ["epochs=1", "data.synthetic.num_videos=3", "data.synthetic.frames_per_video=400",
+                 f"output_dir={tmp_path}", "batch_size=8"]
+    assert main(["--config", str(ROOT / yaml), *tiny_data]) == 0
+    (run,) = tmp_path.iterdir()
+    cfg = (run / "config.yaml").read_text()
+    assert "input_dim: 28" in cfg and json.loads((run / "metrics.json").read_text())["epochs_run"] == 1
