@@ -353,9 +353,10 @@ def read_annotation(file: Path, *, T: int, numbers: set) -> pd.DataFrame:
     if ann.empty:
         return ann.astype({"agent_id": int, "target_id": int, "start_frame": int, "stop_frame": int})
     for col in ("agent_id", "target_id"):
-        ann[col] = [mouse_number(v, source=str(file)) for v in ann[col]] if not pd.api.types.is_integer_dtype(
-            ann[col]
-        ) else ann[col].astype(np.int64)
+        if pd.api.types.is_integer_dtype(ann[col]):
+            ann[col] = ann[col].astype(np.int64)
+        else:  # "mouse1" / "1" spellings; annotation tables are small, a comprehension is fine
+            ann[col] = [mouse_number(v, source=str(file)) for v in ann[col]]
     ann["action"] = ann["action"].astype(str)
     for col in ("start_frame", "stop_frame"):
         v = pd.to_numeric(ann[col], errors="coerce")
