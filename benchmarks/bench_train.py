@@ -159,6 +159,20 @@ def pick_device(requested: str) -> torch.device:
 # ============================================================================ measuring
 
 
+@contextmanager
+def quiet(*names: str):
+    """Raise these loggers to WARNING for the block, then restore their levels."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued GPU work, so wall-clock time covers it (CPU work is synchronous)."""
     if device.type == "cuda":
@@ -828,6 +842,27 @@ def resolve_options(opts: argparse.Namespace) -> argparse.Namespace:
     return opts
 
 
+def run_suites(opts, device: torch.device, emit) -> None:
+    """Every selected suite, in order; emit(record) for each result."""
+    if opts.input_dim <= 0 and "model" in opts.suite:
+        opts.input_dim = feature_dim(make_config(None, []))
+    if "model" in opts.suite:
+        for m in opts.models:
+            if m in SEED_CONFIGS:
+                emit(bench_params(m))
+        for m, t, b, p in itertools.product(opts.models, opts.seq_len, opts.batch_sizes, opts.precision):
+            emit(bench_model(m, b, t, p, opts, device))
+    if any(s in PIPELINE for s in opts.suite):
+        pipe = make_pipeline(opts, device)
+        suites = {"overhead": bench_overhead, "features": bench_features, "loader": bench_loader,
+                  "predict": bench_predict, "scaling": bench_scaling}
+        for s in opts.suite:
+            if s in suites:
+                out = suites[s](pipe, opts)
+                for rec in out if isinstance(out, list) else [out]:
+                    emit(rec)
+
+
 def run_benchmarks(args: list[str] | dict | argparse.Namespace | None = None) -> list[dict]:
     """Run the benchmarks described by CLI-style `args` (or a dict of option names) and return
     the records; they are also appended to the results file unless `--no-save`/no_save=True.
@@ -848,12 +883,11 @@ def run_benchmarks(args: list[str] | dict | argparse.Namespace | None = None) ->
         opts = parser.parse_args(args)
     opts = resolve_options(opts)
     device = pick_device(opts.device)
+    saved = torch.get_num_threads(), torch.backends.cudnn.benchmark  # restored at the end
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = opts.cudnn_benchmark
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
-    logging.getLogger("trainer").setLevel(logging.WARNING)
     run = {"run_id": uuid.uuid4().hex[:12], "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "device": device.type, "device_name": device_name(device), "device_slug": device_slug(device),
            "quick": bool(opts.quick), "tag": opts.tag, "command": " ".join(["benchmarks/bench_train.py", *sys.argv[1:]])
@@ -866,23 +900,12 @@ def run_benchmarks(args: list[str] | dict | argparse.Namespace | None = None) ->
         records.append(rec)
         print(summary_line(rec), flush=True)
 
-    if opts.input_dim <= 0 and "model" in opts.suite:
-        opts.input_dim = feature_dim(make_config(None, []))
-    if "model" in opts.suite:
-        for m in opts.models:
-            if m in SEED_CONFIGS:
-                emit(bench_params(m))
-        for m, t, b, p in itertools.product(opts.models, opts.seq_len, opts.batch_sizes, opts.precision):
-            emit(bench_model(m, b, t, p, opts, device))
-    if any(s in PIPELINE for s in opts.suite):
-        pipe = make_pipeline(opts, device)
-        suites = {"overhead": bench_overhead, "features": bench_features, "loader": bench_loader,
-                  "predict": bench_predict, "scaling": bench_scaling}
-        for s in opts.suite:
-            if s in suites:
-                out = suites[s](pipe, opts)
-                for rec in out if isinstance(out, list) else [out]:
-                    emit(rec)
+    try:
+        with quiet("accelerate", "trainer"):  # the trainer's per-run INFO lines would drown the results
+            run_suites(opts, device, emit)
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.backends.cudnn.benchmark = saved[1]
     if records and not opts.no_save:
         path = append_results(records, opts.out)
         print(f"appended {len(records)} records to {path}", flush=True)

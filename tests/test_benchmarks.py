@@ -4,6 +4,7 @@ read it. No speed is asserted here: targets are measured by the harness, not by 
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -20,14 +21,6 @@ TINY_DATA = ["data.synthetic.num_videos=3", "data.synthetic.frames_per_video=240
 MODEL_KEYS = {"suite", "model", "batch_size", "seq_len", "precision_requested", "precision_used", "status",
               "it_per_s", "it_per_s_windows", "samples_per_s", "frames_per_s", "peak_cpu_rss_mb", "parameters",
               "optimizer_state_mb", "device", "device_name", "device_slug", "env", "timestamp", "run_id"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def keep_torch_threads():
-    """The harness runs with --threads 1 here (fast on a busy 2-core box); give the setting back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +86,12 @@ def test_pipeline_suites_run_on_tiny_data(tmp_path):
     assert (long["video_frames"], short["video_frames"]) == (400, 200) and long["scaling_ratio"] > 0
     assert by_suite["scaling"][0]["scaling_ratio"] > 0
     assert len(json.loads(out.read_text())) == len(records)
+
+
+def test_harness_leaves_global_state_alone():
+    before = torch.get_num_threads(), logging.getLogger("trainer").level
+    bench_train.run_benchmarks([*TINY_MODEL, "--models", "per_frame_mlp", "--threads", "1", "--no-save"])
+    assert (torch.get_num_threads(), logging.getLogger("trainer").level) == before
 
 
 # ---------------------------------------------------------------------------- claims and plot
