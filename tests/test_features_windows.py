@@ -98,3 +98,26 @@ def test_loss_ignores_unlabelled_and_unannotated_classes():
     assert torch.allclose(l1, frame_loss(bumped, y2, mask))
     assert frame_loss(logits, torch.full((2, 5), -1)).item() == 0.0
     assert frame_loss(logits, y, focal_gamma=2.0) < base  # focal down-weights easy frames
+
+
+def test_persistent_workers_see_each_epoch():
+    """The sampler encodes the epoch in the index: workers that never see set_epoch still vary per epoch."""
+    from torch.utils.data import DataLoader
+
+    from trainer.run import EpochSampler
+
+    ds = WindowDataset([_seq(400)], length=32, stride=16, train=True, jitter=3, noise_std=0.1, seed=1)
+
+    def epochs(workers):
+        sampler = EpochSampler(len(ds), seed=0)
+        loader = DataLoader(ds, batch_size=8, sampler=sampler, num_workers=workers,
+                            persistent_workers=workers > 0)
+        out = []
+        for epoch in (1, 2):
+            sampler.set_epoch(epoch)
+            out.append(torch.cat([b["x"] for b in loader]))
+        return out
+
+    in_process, workers = epochs(0), epochs(2)
+    assert not torch.equal(in_process[0], in_process[1])
+    assert all(torch.equal(a, b) for a, b in zip(in_process, workers))

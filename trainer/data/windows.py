@@ -114,12 +114,15 @@ class WindowDataset(Dataset):
         return phase + self.gap * (start + np.arange(self.length))
 
     def __getitem__(self, i: int) -> dict:
+        epoch = self.epoch
+        if self.train and i >= len(self.items):  # EpochSampler encodes the epoch: i = epoch * n + window
+            epoch, i = divmod(i, len(self.items))
         seq_i, phase, start = (int(v) for v in self.items[i])
         s = self.seqs[seq_i]
         # one torch generator per (seed, epoch, window): resumable and the same in any worker; this
         # is the loader's hot path (num_workers=0 runs it between steps), and torch's samplers with
         # a cheap seed mix cost ~2.5x less per window than a numpy SeedSequence + normal()
-        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, i)) if self.train else None
+        g = torch.Generator().manual_seed(_mix(self.seed, epoch, i)) if self.train else None
         if self.train and self.jitter:
             span = (self.length - 1) * self.gap + 1
             shift = int(torch.randint(-self.jitter, self.jitter + 1, (), generator=g))
