@@ -54,6 +54,16 @@ LSTM_MODELS = {"conv_bilstm"}
 # ============================================================================ setup helpers
 
 
+def new_accelerator(**kwargs) -> Accelerator:
+    """An Accelerator, also when one was already built in this process with other settings."""
+    if AcceleratorState._shared_state and not torch.distributed.is_initialized():
+        # a second train() in one process (tests, reused Ray Tune actors, predict after train):
+        # Accelerate's state is a per-process singleton that refuses another mixed_precision
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return Accelerator(**kwargs)
+
+
 def make_accelerator(cfg: Config, run_dir: Path | None) -> tuple[Accelerator, str]:
     """Accelerator for the requested device/precision; returns it and the precision really used.
 
@@ -70,18 +80,16 @@ def make_accelerator(cfg: Config, run_dir: Path | None) -> tuple[Accelerator, st
         precision, why = "no", "bf16 autocast of an LSTM on the CPU is ~30x slower than fp32"
     elif precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         precision, why = "fp16", "this GPU has no bf16 support (e.g. T4)"
-    if AcceleratorState._shared_state and not torch.distributed.is_initialized():
-        # a second train() in one process (tests, reused Ray Tune actors): Accelerate's state is a
-        # per-process singleton that refuses a different mixed_precision unless reset
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    accelerator = Accelerator(
-        cpu=not cuda,
-        mixed_precision=precision,
-        gradient_accumulation_steps=cfg.grad_accum_steps,
-        log_with="tensorboard" if run_dir is not None else None,
-        project_dir=str(run_dir) if run_dir is not None else None,
-    )
+    try:
+        accelerator = new_accelerator(
+            cpu=not cuda,
+            mixed_precision=precision,
+            gradient_accumulation_steps=cfg.grad_accum_steps,
+            log_with="tensorboard" if run_dir is not None else None,
+            project_dir=str(run_dir) if run_dir is not None else None,
+        )
+    except ValueError as e:  # e.g. WORLD_SIZE set by hand without MASTER_ADDR
+        raise ConfigError(f"Accelerate could not start the process group: {e}") from None
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
         raise ConfigError(
@@ -442,7 +450,7 @@ def train(
             tr = train_one_epoch(
                 model, train_loader, optimizer, accelerator, epoch=epoch, loss_kwargs=loss_kwargs,
                 grad_clip=cfg.grad_clip, step_scheduler=step_sched, mixup_alpha=cfg.mixup_alpha if cfg.use_augmentation else 0.0,
-                log_every=cfg.log_every, global_step=state["global_step"], seed=cfg.seed,
+                log_every=cfg.log_every, global_step=state["global_step"], seed=cfg.seed, total_epochs=cfg.epochs,
             )
             ev = evaluate(model, val_loader, accelerator, data.val_seqs, class_names=data.class_names,
                           background=data.background, gap=cfg.frame_gap, length=data.length)

@@ -1,0 +1,161 @@
+"""Per-frame predictions from a checkpoint.
+
+    python -m trainer.predict --checkpoint runs/<name>/checkpoints/best --out preds.csv
+
+Without `--input`, predicts the validation videos of the data the checkpoint was trained
+on (for the synthetic default they are regenerated from the stored config). Features are
+computed with the statistics stored in the checkpoint, windows overlap and are stitched
+back so every frame gets exactly one prediction. Writes the per-frame CSV (class and
+probabilities per frame and pair, plus the true label where known) and an ethogram PNG
+next to it (`preds_ethogram.png`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from trainer import checkpoint as ckpt_io
+from trainer.config import Config, ConfigError, make_config
+from trainer.data import load_splits, read_recordings
+from trainer.data.recording import UNLABELLED, DataError, Recording
+from trainer.data.windows import WindowDataset, make_sequences
+from trainer.engine import predict_logits
+from trainer.features import FeaturePipeline
+from trainer.models import build_model
+
+log = logging.getLogger("trainer.predict")
+
+
+@dataclass
+class Predictor:
+    """A trained model plus everything needed to featurise new recordings like training did."""
+
+    model: torch.nn.Module
+    cfg: Config
+    pipeline: FeaturePipeline
+    class_names: list[str]
+    window_length: int
+    checkpoint: Path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Predictor:
+        ck = ckpt_io.resolve(path)
+        if ck is None:
+            raise ConfigError(f"--checkpoint: no complete checkpoint at '{path}' (expected runs/<name>/checkpoints/best)")
+        meta = ckpt_io.read_meta(ck)
+        cfg = make_config(base=meta["config"])
+        model = build_model(cfg, input_dim=meta["input_dim"], num_classes=meta["num_classes"])
+        model.load_state_dict(load_file(str(ck / ckpt_io.WEIGHTS)))
+        return cls(model, cfg, FeaturePipeline.from_state(meta["features"]), meta["class_names"],
+                   meta["window_length"], ck)
+
+    def probabilities(self, recs: list[Recording], *, batch_size: int = 64) -> list[list[np.ndarray]]:
+        """Per recording, per labelled pair: (T, C) class probabilities for every frame."""
+        from trainer.run import new_accelerator  # the run module owns Accelerator construction
+
+        C = len(self.class_names)
+        seqs = make_sequences(recs, [self.pipeline.transform(r) for r in recs], C)
+        ds = WindowDataset(seqs, length=self.window_length, gap=self.cfg.frame_gap)
+        accelerator = new_accelerator(cpu=not torch.cuda.is_available())
+        model, loader = accelerator.prepare(self.model, DataLoader(ds, batch_size=batch_size))
+        logits = predict_logits(model, loader, accelerator, seqs, num_classes=C, gap=self.cfg.frame_gap,
+                                length=self.window_length)
+        out, k = [], 0
+        for r in recs:
+            per_pair = []
+            for _ in r.pairs:
+                lg = np.where(seqs[k].class_mask[None], logits[k], -np.inf)
+                lg = lg - lg.max(axis=1, keepdims=True)
+                p = np.exp(lg)
+                per_pair.append(p / p.sum(axis=1, keepdims=True))
+                k += 1
+            out.append(per_pair)
+        return out
+
+
+def frame_table(recs: list[Recording], probs: list[list[np.ndarray]], class_names: list[str]) -> pd.DataFrame:
+    """One row per frame and pair: video_id, frame, agent, target, pred, prob_<class>..., true."""
+    parts = []
+    for r, per_pair in zip(recs, probs):
+        for p, pr in enumerate(per_pair):
+            a, t = r.pairs[p]
+            pred = pr.argmax(axis=1)
+            df = pd.DataFrame({
+                "video_id": r.video_id,
+                "frame": np.arange(r.num_frames),
+                "agent": r.mouse_ids[a],
+                "target": r.mouse_ids[t],
+                "pred": np.asarray(class_names)[pred],
+            })
+            for c, name in enumerate(class_names):
+                df[f"prob_{name}"] = pr[:, c].astype(np.float32)
+            if r.labels is not None:
+                y = r.labels[:, p]
+                df["true"] = np.where(y == UNLABELLED, "", np.asarray(class_names)[np.maximum(y, 0)])
+            parts.append(df)
+    return pd.concat(parts, ignore_index=True)
+
+
+def save_ethogram(path: Path, recs, probs, class_names, max_tracks: int = 8) -> None:
+    from trainer.plots import ethogram_figure
+
+    tracks = []
+    for r, per_pair in zip(recs, probs):
+        for p, pr in enumerate(per_pair):
+            true = r.labels[:, p] if r.labels is not None else None
+            tracks.append((f"{r.video_id} {r.pair_name(p)}", pr.argmax(axis=1), true))
+    fig = ethogram_figure(tracks[:max_tracks], class_names, recs[0].fps)
+    fig.savefig(path, dpi=100)
+
+
+def select_recordings(pred: Predictor, args) -> list[Recording]:
+    cfg = pred.cfg
+    if args.input:
+        fmt = args.format or cfg.data.format
+        return read_recordings(fmt, args.input, data=cfg.data, fps=cfg.fps)
+    train, val = load_splits(cfg)
+    return {"val": val, "train": train, "all": train + val}[args.split]
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    p = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir (runs/<name>/checkpoints/best) or run dir")
+    p.add_argument("--out", default="preds.csv", help="per-frame CSV to write")
+    p.add_argument("--input", help="tracking file/dir to predict (default: the run's own validation videos)")
+    p.add_argument("--format", help="reader for --input (default: the run's data.format)")
+    p.add_argument("--split", choices=["val", "train", "all"], default="val", help="without --input: which videos")
+    p.add_argument("--batch-size", type=int, default=64)
+    args = p.parse_args(argv)
+    try:
+        pred = Predictor.load(args.checkpoint)
+        recs = select_recordings(pred, args)
+        probs = pred.probabilities(recs, batch_size=args.batch_size)
+    except (ConfigError, DataError) as e:
+        log.error("error: %s", e)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = frame_table(recs, probs, pred.class_names)
+    tmp = out.with_name(f".{out.name}.tmp")
+    table.to_csv(tmp, index=False, float_format="%.5f")
+    tmp.replace(out)
+    png = out.with_name(f"{out.stem}_ethogram.png")
+    save_ethogram(png, recs, probs, pred.class_names)
+    log.info("wrote %d frames of %d videos to %s and the ethogram to %s", len(table), len(recs), out, png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
