@@ -90,6 +90,9 @@ def make_accelerator(cfg: Config, run_dir: Path | None) -> tuple[Accelerator, st
         )
     except ValueError as e:  # e.g. WORLD_SIZE set by hand without MASTER_ADDR
         raise ConfigError(f"Accelerate could not start the process group: {e}") from None
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed window length: let cuDNN pick the fastest LSTM/conv kernels
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ (A10G, A100, H100)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
         raise ConfigError(
@@ -477,6 +480,9 @@ def train(
             if stop:
                 log.info("early stopping: no val macro-F1 gain for %d epochs", state["bad_epochs"])
                 break
+    except KeyboardInterrupt:
+        log.warning("interrupted; the last checkpoint is intact: continue with --resume %s", run_dir)
+        raise
     finally:
         accelerator.end_training()
 
@@ -628,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         logging.getLogger("trainer").error("error: %s", e)
         return 1 if isinstance(e, NonFiniteLossError) else 2
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
