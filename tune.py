@@ -97,6 +97,14 @@ def _nearest(word: str, options) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+def _number(x):
+    """YAML 1.1 reads 1e-4 (no dot) as a string: take it as the number it is meant to be."""
+    if isinstance(x, str):
+        with contextlib.suppress(ValueError):
+            return float(x)
+    return x
+
+
 def _parse_dist(where: str, spec: dict) -> Dist:
     """{loguniform: [1e-4, 1e-2]} -> Dist, with one-line errors for malformed specs."""
     if len(spec) != 1:
@@ -109,6 +117,8 @@ def _parse_dist(where: str, spec: dict) -> Dist:
         if not isinstance(args, list) or not args:
             raise ConfigError(f"{where}: {kind} needs a non-empty list of options, got {args!r}")
         return Dist(kind, args)
+    if isinstance(args, list):
+        args = [_number(x) for x in args]
     numeric = isinstance(args, list) and len(args) == 2 and all(
         isinstance(x, int | float) and not isinstance(x, bool) for x in args)
     if not numeric or not args[0] < args[1]:
@@ -124,8 +134,8 @@ def _parse_dist(where: str, spec: dict) -> Dist:
 class Space:
     """A search space: Ray parameters, fixed values, and how they become config overrides."""
 
-    params: dict[str, Dist]  # Ray parameter name -> distribution (names are config keys,
-    fixed: dict  # ... or class_weights.<class> for per-class weights); config key -> one value
+    params: dict[str, Dist]  # Ray parameter name (a config key, or class_weights.<class>) -> distribution
+    fixed: dict  # config key -> the value of every trial
     class_weights: list | None = None  # per-class form: a parameter name or a fixed number per class
     class_names: list | None = None  # class names of the per-class form, in the data's order
 
@@ -258,6 +268,43 @@ def check_space(space: Space, base: dict, *, search: str = "random", where: str 
             make_config(None, overrides, base=base)
         except ConfigError as e:
             raise ConfigError(f"{where}: {str(e).removeprefix('override: ')}") from None
+
+
+def base_point(space: Space, base: dict) -> dict | None:
+    """The base config's own values as a point of `space` (the sweep's first trial), or None when the base
+    config lies outside the space (a value that is not an option, out of bounds) or the space has grids."""
+    flat = flat_dict(base)
+    point = {}
+    for name, dist in space.params.items():
+        if dist.kind == "grid":
+            return None
+        if name.startswith("class_weights."):
+            continue
+        value = flat[name]
+        if name == "class_weights" and value == []:  # [] = all 1: the all-ones option, if there is one
+            value = next((o for o in dist.args if isinstance(o, list) and set(o) == {1}), value)
+        if dist.kind == "choice":
+            if value not in dist.args:
+                return None
+            point[name] = _encode(value)
+        elif not dist.args[0] <= value <= dist.args[1]:
+            return None
+        else:
+            point[name] = value
+    if space.class_weights is not None:
+        weights = flat["class_weights"] or [1.0] * len(space.class_weights)
+        if len(weights) != len(space.class_weights):
+            return None
+        for w, value in zip(space.class_weights, weights):
+            if not isinstance(w, str):
+                if w != value:
+                    return None
+                continue
+            dist = space.params[w]
+            if not (value in dist.args if dist.kind == "choice" else dist.args[0] <= value <= dist.args[1]):
+                return None
+            point[w] = float(value)
+    return point
 
 
 # ============================================================================ where a trial runs
@@ -430,15 +477,20 @@ def make_tuner(sweep: Sweep, trainable, *, num_samples: int, scheduler: str, sea
                               reduction_factor=REDUCTION_FACTOR)
     else:
         sched = FIFOScheduler()
+    # the first trial is the base config itself (when the space contains it): the table then shows what
+    # the sweep gained over it, measured the same way
+    point = base_point(parse_space(sweep.space), sweep.base)
+    first = [point] if point else None
     if search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        search_alg = OptunaSearch(seed=sweep.base["seed"])
+        search_alg = OptunaSearch(points_to_evaluate=first, seed=sweep.base["seed"])
     else:
         from ray.tune.search import BasicVariantGenerator
 
         # same seed, same samples; Tune ignores max_concurrent_trials for a search_alg given as an instance
-        search_alg = BasicVariantGenerator(random_state=sweep.base["seed"], max_concurrent=max_concurrent)
+        search_alg = BasicVariantGenerator(points_to_evaluate=first, random_state=sweep.base["seed"],
+                                           max_concurrent=max_concurrent)
     return ray_tune.Tuner(
         ray_tune.with_resources(trainable, resources),
         param_space=parse_space(sweep.space).to_ray(),
@@ -509,6 +561,7 @@ def trial_table(grid, sweep: Sweep) -> list[dict]:
     """One dict per trial (status, epochs, best val macro F1, sampled values), best first, errors last."""
     space = parse_space(sweep.space)
     epochs = max_epochs(sweep)
+    point = base_point(space, sweep.base)
     rows = []
     for result in grid:
         m = result.metrics or {}
@@ -521,6 +574,7 @@ def trial_table(grid, sweep: Sweep) -> list[dict]:
             "time_s": m.get("time_total_s"),
             "train_time_s": m.get("train_time_s"),
             "params": space.overrides(result.config) if result.config else {},
+            "base_config": point is not None and result.config == point,
             "run_dir": str(sweep.runs_dir / Path(result.path).name),
             "error": error_line(result.error),
         })
@@ -557,6 +611,10 @@ def format_table(rows: list[dict]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
     lines += [f"  {r['trial']}: {r['error']}" for r in rows if r["error"]]
+    base = next((r for r in rows if r.get("base_config")), None)
+    if base is not None and base["val_macro_f1"] is not None and rows[0]["val_macro_f1"] is not None:
+        lines.append(f"base config = trial {base['trial']} ({base['val_macro_f1']:.4f}); best - base = "
+                     f"{rows[0]['val_macro_f1'] - base['val_macro_f1']:+.4f} val macro F1")
     return "\n".join(lines)
 
 

@@ -3,9 +3,9 @@
     python benchmarks/tune_sweep_cpu.py                       # 8 ASHA trials of configs/default.yaml
     python benchmarks/tune_sweep_cpu.py --num-samples 4 epochs=6
 
-Runs, one after the other: the default config (trainer/run.py), the sweep (tune.py over
-search_spaces/default.yaml), and the sweep's best.yaml (trainer/run.py). Writes
-benchmarks/results/tune_sweep_cpu.json.
+Runs, one after the other: the default config (trainer/run.py; also with 2 other seeds, to
+know the run-to-run noise), the sweep (tune.py over search_spaces/default.yaml), and the
+sweep's best.yaml (trainer/run.py). Writes benchmarks/results/tune_sweep_cpu.json.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ def main() -> int:
     p.add_argument("--config", default="configs/default.yaml")
     p.add_argument("--space", default="search_spaces/default.yaml")
     p.add_argument("--num-samples", type=int, default=8)
+    p.add_argument("--noise-seeds", type=int, nargs="*", default=[1, 2], help="extra seeds of the default config")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_tune"), help="scratch directory for the runs")
     p.add_argument("overrides", nargs="*", help="key=value overrides for all three (e.g. epochs=6)")
     args = p.parse_args()
@@ -49,6 +51,11 @@ def main() -> int:
     default_wall = timed([py, "trainer/run.py", "--config", args.config, *args.overrides,
                           f"output_dir={out}", f"name=default-{name}"])
     default = json.loads((out / f"default-{name}" / "metrics.json").read_text())
+    seed_f1 = {}  # run-to-run noise of the default config: the same config with other training seeds
+    for seed in args.noise_seeds:
+        timed([py, "trainer/run.py", "--config", args.config, *args.overrides, f"seed={seed}",
+               f"output_dir={out}", f"name=default-seed{seed}-{name}"])
+        seed_f1[seed] = json.loads((out / f"default-seed{seed}-{name}" / "metrics.json").read_text())["val_macro_f1"]
     load["after_default"] = os.getloadavg()
 
     sweep_wall = timed([py, "tune.py", "--config", args.config, "--space", args.space,
@@ -94,7 +101,12 @@ def main() -> int:
             "trials": per_trial,
         },
         "default_config": {"val_macro_f1": default["val_macro_f1"], "best_epoch": default["best_epoch"],
-                           "wall_time_s": round(default_wall, 1)},
+                           "wall_time_s": round(default_wall, 1), "seed": 42,
+                           "other_seeds_val_macro_f1": seed_f1,
+                           "seed_std": round(statistics.stdev([default["val_macro_f1"], *seed_f1.values()]), 4)
+                           if seed_f1 else None},
+        "base_config_trial": next(({"trial": t["trial"], "val_macro_f1": t["val_macro_f1"], "status": t["status"]}
+                                   for t in trials if t.get("base_config")), None),
         "best_trial": {"trial": best["trial"], "val_macro_f1": best["val_macro_f1"], "params": best["params"]},
         "best_yaml_rerun": {"val_macro_f1": rerun["val_macro_f1"], "best_epoch": rerun["best_epoch"],
                             "wall_time_s": round(rerun_wall, 1)},

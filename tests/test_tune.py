@@ -88,6 +88,22 @@ def test_list_choices_travel_as_strings_and_come_back_as_lists():
         "class_weights": [1, 2, 4, 4], "features": ["coords", "mask"]}
 
 
+def test_the_base_config_is_the_first_trial_when_the_space_contains_it():
+    base = make_config(ROOT / "configs" / "default.yaml").to_dict()
+    point = tune.base_point(tune.load_space(ROOT / "search_spaces" / "default.yaml"), base)
+    assert point == {"learning_rate": base["learning_rate"], "batch_size": base["batch_size"],
+                     "class_weights.investigation": 1.0, "class_weights.mount": 1.0, "class_weights.attack": 1.0}
+    wide = tune.base_point(tune.load_space(ROOT / "search_spaces" / "wide.yaml"), base)
+    assert wide["class_weights"] == "[1, 1, 1, 1]" and wide["model_type"] == base["model_type"]
+    assert tune.base_point(tune.parse_space({"learning_rate": {"loguniform": [1e-2, 1e-1]}}), base) is None
+    assert tune.base_point(tune.parse_space({"batch_size": {"choice": [16, 64]}}), base) is None
+
+
+def test_bounds_written_without_a_dot_are_numbers():
+    space = tune.parse_space(yaml.safe_load("learning_rate: {loguniform: [1e-4, 1e-2]}"))  # YAML: strings
+    assert space.params["learning_rate"].args == [1e-4, 1e-2]
+
+
 @pytest.mark.parametrize("raw, message", [
     ({"lerning_rate": {"loguniform": [1e-4, 1e-2]}}, "unknown config key 'lerning_rate'; did you mean 'learning_rate'"),
     ({"data": {"synthetic": {"num_video": {"choice": [4]}}}}, "did you mean 'data.synthetic.num_videos'"),
