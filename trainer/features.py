@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.data.recording import DataError, Recording
+from trainer.features_pairwise import egocentric_pair, pair_geometry
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -237,6 +238,9 @@ FEATURES: dict[str, Feature] = {
     "pca": Feature(pca, fit=fit_pca),
     "temporal_stats": Feature(temporal_stats),
     "mask": Feature(mask, standardise=False),
+    # cross-lab features (trainer/features_pairwise.py): agent-centred, heading-aligned
+    "egocentric_pair": Feature(egocentric_pair),
+    "pair_geometry": Feature(pair_geometry),
 }
 
 
