@@ -63,6 +63,7 @@ MEMORY_MIB = 16384  # the V4 seed's 16 GB of RAM
 TRAIN_RETRIES = modal.Retries(max_retries=3, initial_delay=10.0, backoff_coefficient=2.0)
 TB_PORT = 6006
 TB_REFRESH_S = 30.0  # how often the TensorBoard container pulls new commits from the volume
+TB_RELOAD_S = 15  # how often TensorBoard rereads its (local mirror of the) log directory
 
 # The tested dependency set, pinned; tests/test_modal_cluster.py checks it against setup.cfg.
 # torch from PyPI's default index is the CUDA build on Linux x86-64.
@@ -418,7 +419,7 @@ def serve_tensorboard(src: Path, dst: Path, *, port: int, reload: Callable[[], N
     """Start TensorBoard on a mirror of src's event files, refreshed every TB_REFRESH_S in a thread."""
     sync_event_files(src, dst)
     proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(dst), "--host", "0.0.0.0",
-                             "--port", str(port), "--reload_interval", "15"])
+                             "--port", str(port), "--reload_interval", str(TB_RELOAD_S)])
 
     def refresh() -> None:
         while proc.poll() is None:
