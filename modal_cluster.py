@@ -61,6 +61,7 @@ DEFAULTS = Config()  # modal_gpu / modal_timeout defaults, used when nothing els
 CPU_CORES = 4.0  # DataLoader workers: the V4 seed runs num_workers=4
 MEMORY_MIB = 16384  # the V4 seed's 16 GB of RAM
 TRAIN_RETRIES = modal.Retries(max_retries=3, initial_delay=10.0, backoff_coefficient=2.0)
+BENCH_TIMEOUT_S = 3600
 TB_PORT = 6006
 TB_REFRESH_S = 30.0  # how often the TensorBoard container pulls new commits from the volume
 TB_RELOAD_S = 15  # how often TensorBoard rereads its (local mirror of the) log directory
@@ -167,7 +168,13 @@ def _token_errors() -> Iterator[None]:
 
 
 def require_token() -> None:
-    """Fail fast, as one line, when this machine has no Modal credentials (tune.py calls it first)."""
+    """Fail fast, as one line (ModalSetupError), when this machine has no Modal credentials.
+
+    No-op under MABE_MODAL_LOCAL. stream_trial calls it before returning its generator, and a
+    driver such as tune.py can call it once before starting any trial.
+    """
+    if local_mode():
+        return
     with _token_errors():
         modal.Client.from_env()
 
@@ -337,23 +344,26 @@ def train_trial(config: dict, name: str, source: dict | None = None) -> Iterator
     yield from _epoch_stream(cfg)
 
 
-def _run_benchmark_cli(args: list[str]) -> dict:
-    """benchmarks/bench_train.py with --out into a temporary file; its JSON."""
-    script = ROOT / "benchmarks" / "bench_train.py"
-    if not script.is_file():
-        raise ConfigError(f"{script.relative_to(ROOT)} is missing from this checkout")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "results.json"
-        subprocess.run([sys.executable, str(script), *args, "--out", str(out)], cwd=ROOT, check=True)
-        return json.loads(out.read_text())
+def _harness():
+    """benchmarks/bench_train.py's (run_benchmarks, append_results); a one-line error without it."""
+    try:
+        from benchmarks.bench_train import append_results, run_benchmarks
+    except ImportError as e:
+        raise ConfigError(f"the benchmark harness benchmarks/bench_train.py is not importable here ({e})") from None
+    return run_benchmarks, append_results
 
 
-@app.function(gpu=DEFAULTS.modal_gpu, timeout=3600, cpu=CPU_CORES, memory=MEMORY_MIB)
-def run_bench(args: list[str]) -> dict:
-    """The benchmark harness (benchmarks/bench_train.py) on this container's GPU; its JSON results."""
+@app.function(gpu=DEFAULTS.modal_gpu, timeout=BENCH_TIMEOUT_S, cpu=CPU_CORES, memory=MEMORY_MIB)
+def run_bench(args: list[str]) -> list[dict]:
+    """The benchmark harness on this container's GPU: its JSON records (nothing is written in the container).
+
+    args: benchmarks/bench_train.py command-line arguments (e.g. ["--suite", "model"]).
+    """
     _setup_logging()
     _require_gpu()
-    return _run_benchmark_cli(list(args))
+    run_benchmarks, _ = _harness()
+    device = [] if modal.is_local() else ["--device", "cuda"]  # never measure the container's CPU by mistake
+    return run_benchmarks([*args, *device, "--no-save"])
 
 
 def _run_summary(run_dir: Path, root: Path) -> dict:
@@ -483,16 +493,19 @@ def stream_trial(config_overrides: dict, *, gpu: str, name: str | None = None,
 
     config_overrides: {dotted_key: value} on top of the defaults (a nested dict works too);
     relative data paths and output_dir are on the volume. name: the run directory name
-    (runs/<name>, or <output_dir>/<name>); reusing it resumes that trial. timeout: seconds,
+    (<output_dir>/<name> on the volume; default the config's name, else trial-<random>);
+    reusing a name resumes that trial from its last checkpoint. timeout: seconds,
     default the config's modal_timeout. The config and GPU are checked here, before any
-    container starts (ConfigError). Closing the returned generator stops the container.
+    container starts (ConfigError), and so are the Modal credentials (ModalSetupError).
+    Closing the returned generator stops the container.
     """
     gpu = check_gpu(gpu)
     cfg = make_config(None, config_overrides)
     check_cloud_config(cfg)
     timeout = check_timeout(timeout if timeout is not None else cfg.modal_timeout,
                             "--timeout" if timeout is not None else "config key 'modal_timeout'")
-    name = name or f"trial-{uuid.uuid4().hex[:8]}"
+    name = name or cfg.name or f"trial-{uuid.uuid4().hex[:8]}"
+    require_token()
     source = {"git_sha": _git_sha(), "requested_gpu": gpu}
     runner = _local_trial if local_mode() else _remote_trial
     return runner(dict(config_overrides), gpu=gpu, timeout=timeout, name=name, source=source)
@@ -567,26 +580,29 @@ def main(*arglist: str) -> None:
 
 
 @app.local_entrypoint()
-def bench(gpus: str = "T4,A10G", args: str = "", out_dir: str = "benchmarks/results") -> None:
+def bench(gpus: str = "T4,A10G", args: str = "", results_dir: str = "") -> None:
     """modal run modal_cluster.py::bench --gpus T4,A10G [--args "<bench_train.py arguments>"]
 
-    One container per GPU, in parallel; each result is written to <out_dir>/modal-<GPU>.json.
+    One container per GPU, in parallel. The records are appended here, where the harness keeps
+    them: benchmarks/results/<device-slug>.json (or <results_dir>/<device-slug>.json).
     """
     try:
         names = [check_gpu(g, "--gpus") for g in gpus.split(",") if g.strip()]
         if not names:
             raise ConfigError(f"--gpus: name at least one GPU ({', '.join(GPUS)})")
+        _, append_results = _harness()
     except ConfigError as e:
         raise _fail(e) from None
     harness_args = shlex.split(args)
+    variants = {g: configured(run_bench, gpu=g, timeout=BENCH_TIMEOUT_S) for g in names}
     if local_mode():
-        results = {g: _in_process(configured(run_bench, gpu=g, timeout=3600), harness_args) for g in names}
+        results = {g: _in_process(fn, harness_args) for g, fn in variants.items()}
     else:
-        calls = {g: configured(run_bench, gpu=g, timeout=3600).spawn(harness_args) for g in names}
+        calls = {g: fn.spawn(harness_args) for g, fn in variants.items()}
         results = {g: call.get() for g, call in calls.items()}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for gpu, result in results.items():
-        path = out / f"modal-{gpu.replace('!', '').replace('+', 'plus')}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"{gpu}: {path}")
+    for gpu, records in results.items():
+        if not records:
+            print(f"{gpu}: no records")
+            continue
+        path = append_results(records, Path(results_dir) / f"{records[0]['device_slug']}.json" if results_dir else None)
+        print(f"{gpu}: {len(records)} records ({records[0]['device_name']}) -> {path}")

@@ -167,7 +167,7 @@ def test_image_pins_satisfy_setup_cfg():
 def test_no_token_is_one_line(tmp_path):
     code = "\n".join([
         "import modal_cluster as m",
-        "for call in (lambda: next(m.stream_trial({'epochs': 1}, gpu='T4')), m.require_token):",
+        "for call in (lambda: m.stream_trial({'epochs': 1}, gpu='T4'), m.require_token):",
         "    try:",
         "        call()",
         "    except m.ModalSetupError as e:",
@@ -235,7 +235,7 @@ def test_train_trial_streams_epochs_and_closing_stops_training(vol):
     assert {"train_loss", "val_loss", "val_macro_f1", "best_val_macro_f1", "checkpoint"} <= set(rows[0])
     assert rows[-1]["checkpoint"] == str(vol / "runs" / "trial-full" / "checkpoints" / "last")
 
-    stream = modal_cluster.stream_trial(dict(TINY, epochs=5), gpu="a10g", name="trial-stopped")
+    stream = modal_cluster.stream_trial(dict(TINY, epochs=5, name="trial-stopped"), gpu="a10g")
     first = next(stream)
     stream.close()  # what ASHA stopping the trial does
     run = vol / "runs" / "trial-stopped"
