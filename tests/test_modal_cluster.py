@@ -309,3 +309,39 @@ def test_tensorboard_serves_the_volume_runs_and_picks_up_new_ones(vol, monkeypat
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# ----------------------------------------------------------------------------- the other engineers' entry points
+
+HARNESS = ROOT / "benchmarks" / "bench_train.py"
+BENCH_ARGS = ("--suite model --models conv_bilstm --batch-sizes 8 --seq-len 16 --windows 1 --warmup 1 "
+              "--min-window-s 0.05 --model-size default")
+
+
+@pytest.mark.skipif(not HARNESS.is_file(), reason="benchmarks/bench_train.py (issue 5) is not in this branch yet")
+def test_bench_runs_the_harness_and_appends_its_records(vol, tmp_path, capsys):
+    modal_cluster.bench(gpus="t4", args=BENCH_ARGS, results_dir=str(tmp_path / "results"))
+    files = list((tmp_path / "results").glob("*.json"))
+    assert len(files) == 1
+    records = json.loads(files[0].read_text())
+    assert "model" in {r["suite"] for r in records} and all("--no-save" in r["command"] for r in records)
+    assert files[0].name == f"{records[0]['device_slug']}.json"
+    assert f"T4: {len(records)} records" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / "tune.py").is_file(), reason="tune.py (issue 4) is not in this branch yet")
+def test_tune_modal_backend_runs_a_real_sweep(tmp_path):
+    vol = tmp_path / "vol"
+    env = dict(clean_env(tmp_path), **{modal_cluster.LOCAL_ENV: str(vol)})  # train_trial.local for the remote call
+    cmd = [sys.executable, "tune.py", "--smoke-test", "--backend", "modal", "--gpu", "T4",
+           "--storage", str(tmp_path / "sweeps"), "--name", "s1"]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    trials = json.loads((tmp_path / "sweeps" / "s1" / "trials.json").read_text())["trials"]
+    assert len(trials) == 2 and all(t["status"] in ("done", "stopped") for t in trials)
+    for t in trials:
+        run = vol / "runs" / f"s1-{t['trial']}"  # each trial's run directory, on the stand-in volume
+        assert epochs_logged(run) == list(range(1, t["epochs"] + 1))  # a stopped trial stopped training
+        attempt = json.loads((run / "modal_attempts.jsonl").read_text().splitlines()[0])
+        assert attempt["requested_gpu"] == "T4"
