@@ -121,6 +121,7 @@ def check_gpu(name: str, where: str = "--gpu") -> str:
 
 
 def check_timeout(seconds: int, where: str = "--timeout") -> int:
+    """Seconds for one function call, within what Modal allows, or a one-line ConfigError."""
     if isinstance(seconds, bool) or not isinstance(seconds, int) or not 60 <= seconds <= MAX_TIMEOUT_S:
         raise ConfigError(f"{where}: timeout must be whole seconds in [60, {MAX_TIMEOUT_S}], got {seconds!r}")
     return seconds
