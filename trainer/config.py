@@ -199,6 +199,11 @@ def _coerce(key: str, value: Any, tp: Any, where: str) -> Any:
             raise bad
         return int(value)
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad
         return float(value)
@@ -342,7 +347,7 @@ def validate(cfg: Config) -> None:
             close = difflib.get_close_matches(str(name), list(FEATURES), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(FEATURES)}"
             raise ConfigError(f"config key 'features': unknown feature '{name}'{hint}")
-    if any((not isinstance(w, int | float)) or isinstance(w, bool) or w < 0 for w in cfg.class_weights):
+    if any((not isinstance(w, int | float)) or isinstance(w, bool) or not 0 <= w < float("inf") for w in cfg.class_weights):
         raise ConfigError(f"config key 'class_weights' must be non-negative numbers, got {cfg.class_weights}")
     if not 0 <= cfg.label_smoothing < 1:
         raise ConfigError("config key 'label_smoothing' must be in [0, 1)")

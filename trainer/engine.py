@@ -101,6 +101,7 @@ def train_one_epoch(
     log_every: int = 10,
     global_step: int = 0,
     seed: int = 0,
+    total_epochs: int | None = None,
 ) -> dict:
     """One pass over `loader`. Returns {"train_loss", "steps", "samples", "time_s", "global_step"}.
 
@@ -113,7 +114,7 @@ def train_one_epoch(
     window = torch.zeros((), device=accelerator.device)
     n_batches, samples, t0 = 0, 0, time.perf_counter()
     bar = tqdm(
-        loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True, disable=not accelerator.is_local_main_process
+        loader, desc=f"epoch {epoch}/{total_epochs or '?'}", leave=False, dynamic_ncols=True, disable=not accelerator.is_local_main_process
     )
     for step, batch in enumerate(bar):
         batch, other, lam = mixup(batch, mixup_alpha, gen)

@@ -29,7 +29,7 @@ from trainer.config import Config, ConfigError, make_config
 from trainer.data import load_splits, read_recordings
 from trainer.data.recording import UNLABELLED, DataError, Recording
 from trainer.data.windows import WindowDataset, make_sequences
-from trainer.engine import masked_argmax, predict_logits
+from trainer.engine import predict_logits
 from trainer.features import FeaturePipeline
 from trainer.models import build_model
 

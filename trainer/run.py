@@ -80,13 +80,19 @@ def make_accelerator(cfg: Config, run_dir: Path | None) -> tuple[Accelerator, st
         precision, why = "no", "bf16 autocast of an LSTM on the CPU is ~30x slower than fp32"
     elif precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         precision, why = "fp16", "this GPU has no bf16 support (e.g. T4)"
-    accelerator = new_accelerator(
-        cpu=not cuda,
-        mixed_precision=precision,
-        gradient_accumulation_steps=cfg.grad_accum_steps,
-        log_with="tensorboard" if run_dir is not None else None,
-        project_dir=str(run_dir) if run_dir is not None else None,
-    )
+    try:
+        accelerator = new_accelerator(
+            cpu=not cuda,
+            mixed_precision=precision,
+            gradient_accumulation_steps=cfg.grad_accum_steps,
+            log_with="tensorboard" if run_dir is not None else None,
+            project_dir=str(run_dir) if run_dir is not None else None,
+        )
+    except ValueError as e:  # e.g. WORLD_SIZE set by hand without MASTER_ADDR
+        raise ConfigError(f"Accelerate could not start the process group: {e}") from None
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed window length: let cuDNN pick the fastest LSTM/conv kernels
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ (A10G, A100, H100)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
         raise ConfigError(
@@ -447,7 +453,7 @@ def train(
             tr = train_one_epoch(
                 model, train_loader, optimizer, accelerator, epoch=epoch, loss_kwargs=loss_kwargs,
                 grad_clip=cfg.grad_clip, step_scheduler=step_sched, mixup_alpha=cfg.mixup_alpha if cfg.use_augmentation else 0.0,
-                log_every=cfg.log_every, global_step=state["global_step"], seed=cfg.seed,
+                log_every=cfg.log_every, global_step=state["global_step"], seed=cfg.seed, total_epochs=cfg.epochs,
             )
             ev = evaluate(model, val_loader, accelerator, data.val_seqs, class_names=data.class_names,
                           background=data.background, gap=cfg.frame_gap, length=data.length)
@@ -474,6 +480,9 @@ def train(
             if stop:
                 log.info("early stopping: no val macro-F1 gain for %d epochs", state["bad_epochs"])
                 break
+    except KeyboardInterrupt:
+        log.warning("interrupted; the last checkpoint is intact: continue with --resume %s", run_dir)
+        raise
     finally:
         accelerator.end_training()
 
@@ -625,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         logging.getLogger("trainer").error("error: %s", e)
         return 1 if isinstance(e, NonFiniteLossError) else 2
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

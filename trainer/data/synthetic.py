@@ -249,8 +249,8 @@ def _simulate(rng, T, fps, num_mice, arena, difficulty):
                     _steer(m, np.zeros(2), 0.6, fps, rng, 10.0)
                 else:
                     if rng.random() < 0.15:
-                        jump[a] = _unit(rng.uniform(-np.pi, np.pi)) * rng.uniform(250, 550)
-                    pull = _go_to(m, tgt.pos, 350.0, gain=6.0)
+                        jump[a] = _unit(rng.uniform(-np.pi, np.pi)) * rng.uniform(150, 400)
+                    pull = _go_to(m, tgt.pos, 500.0, gain=10.0)
                     _steer(m, 0.5 * jump[a] + pull, 0.5, fps, rng, 20.0)
                     if rng.random() < 0.08:
                         pause[a] = int(rng.integers(4, 11))
@@ -259,7 +259,7 @@ def _simulate(rng, T, fps, num_mice, arena, difficulty):
                 occl[t, a] = occl[t, targets[t, a]] = 1.0
             elif attacked:  # flee erratically
                 away = m.pos - mice[[b for b in active if states[t, b] == ATTACK and targets[t, b] == a][0]].pos
-                v = away / (np.linalg.norm(away) + 1e-6) * rng.uniform(200, 500) + rng.normal(0, 150, 2)
+                v = away / (np.linalg.norm(away) + 1e-6) * rng.uniform(100, 300) + rng.normal(0, 150, 2)
                 _steer(m, v, 0.6, fps, rng, 20.0)
                 _turn_towards(m, np.arctan2(v[1], v[0]), 0.6, rng, 0.2)
             elif chased:  # run away fast but in a straight line
