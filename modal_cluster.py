@@ -3,7 +3,7 @@
     modal run modal_cluster.py --config configs/v4_conv_bilstm_a10g.yaml --gpu A10G [key=value ...]
     modal run --detach modal_cluster.py --config ... --gpu A10G    # keeps running when the laptop disconnects
     modal run modal_cluster.py::list_runs                          # runs on the volume, best val macro F1
-    modal run modal_cluster.py::bench --gpus T4,A10G               # benchmark harness per GPU -> benchmarks/results/
+    modal run modal_cluster.py::bench --gpus T4,A10G               # benchmark harness per GPU -> volume benchmarks/
     modal serve modal_cluster.py                                   # TensorBoard URL over the volume's runs/
     python tune.py --space ... --backend modal --gpu A10G          # one container per trial (stream_trial)
 
@@ -367,6 +367,39 @@ def run_bench(args: list[str]) -> list[dict]:
     return run_benchmarks([*args, *device, "--no-save"])
 
 
+@app.function(volumes=VOLUMES, timeout=BENCH_TIMEOUT_S + 600)
+def bench(gpus: str = "T4,A10G", args: str = "") -> str:
+    """modal run modal_cluster.py::bench --gpus T4,A10G [--args "<bench_train.py arguments>"]
+
+    Runs the harness on each GPU in parallel (one run_bench container per GPU, this function
+    waits in a small CPU container), appends the records to benchmarks/<device-slug>.json on
+    the volume, and returns them all as JSON ({gpu: records}) for `modal run --write-result`.
+    """
+    _setup_logging()
+    names = [check_gpu(g, "--gpus") for g in gpus.split(",") if g.strip()]
+    if not names:
+        raise ConfigError(f"--gpus: name at least one GPU ({', '.join(GPUS)})")
+    _, append_results = _harness()
+    harness_args = shlex.split(args)
+    variants = {g: configured(run_bench, gpu=g, timeout=BENCH_TIMEOUT_S) for g in names}
+    if local_mode():
+        results = {g: _in_process(fn, harness_args) for g, fn in variants.items()}
+    else:
+        calls = {g: fn.spawn(harness_args) for g, fn in variants.items()}
+        results = {g: call.get() for g, call in calls.items()}
+    root = volume_root()
+    for gpu, records in results.items():
+        if not records:
+            log.info("%s: no records", gpu)
+            continue
+        path = append_results(records, root / "benchmarks" / f"{records[0]['device_slug']}.json")
+        rel = path.relative_to(root)
+        log.info("%s: %d records (%s) -> %s:%s\n  fetch: modal volume get --force %s %s benchmarks/results/",
+                 gpu, len(records), records[0]["device_name"], VOLUME_NAME, rel, VOLUME_NAME, rel)
+    commit_volume()
+    return json.dumps(results)
+
+
 def _run_summary(run_dir: Path, root: Path) -> dict:
     """Name, epochs done, best val macro F1 and checkpoints of one run directory."""
     rows = []
@@ -578,32 +611,3 @@ def main(*arglist: str) -> None:
     print(f"best val macro F1 {result['val_macro_f1']:.3f} at epoch {result['best_epoch']} of "
           f"{result['epochs_run']} ({result['precision_used']}, {result['train_time_s']:.0f} s training)")
     print(f"download: mkdir -p {Path(run).parent} && modal volume get {VOLUME_NAME} {run} {Path(run).parent}/")
-
-
-@app.local_entrypoint()
-def bench(gpus: str = "T4,A10G", args: str = "", results_dir: str = "") -> None:
-    """modal run modal_cluster.py::bench --gpus T4,A10G [--args "<bench_train.py arguments>"]
-
-    One container per GPU, in parallel. The records are appended here, where the harness keeps
-    them: benchmarks/results/<device-slug>.json (or <results_dir>/<device-slug>.json).
-    """
-    try:
-        names = [check_gpu(g, "--gpus") for g in gpus.split(",") if g.strip()]
-        if not names:
-            raise ConfigError(f"--gpus: name at least one GPU ({', '.join(GPUS)})")
-        _, append_results = _harness()
-    except ConfigError as e:
-        raise _fail(e) from None
-    harness_args = shlex.split(args)
-    variants = {g: configured(run_bench, gpu=g, timeout=BENCH_TIMEOUT_S) for g in names}
-    if local_mode():
-        results = {g: _in_process(fn, harness_args) for g, fn in variants.items()}
-    else:
-        calls = {g: fn.spawn(harness_args) for g, fn in variants.items()}
-        results = {g: call.get() for g, call in calls.items()}
-    for gpu, records in results.items():
-        if not records:
-            print(f"{gpu}: no records")
-            continue
-        path = append_results(records, Path(results_dir) / f"{records[0]['device_slug']}.json" if results_dir else None)
-        print(f"{gpu}: {len(records)} records ({records[0]['device_name']}) -> {path}")

@@ -131,8 +131,24 @@ def test_entrypoint_reports_bad_input_as_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         modal_cluster.main("--config", V4, "--gpu", "A10X")
     assert str(e.value).startswith("error: --gpu: unknown Modal GPU 'A10X'") and "\n" not in str(e.value)
-    with pytest.raises(SystemExit, match="error: --gpus: unknown Modal GPU 'P100'"):
-        modal_cluster.bench(gpus="T4,P100")
+    with pytest.raises(ConfigError, match="--gpus: unknown Modal GPU 'P100'"):
+        modal_cluster.bench.local(gpus="T4,P100")
+
+
+def test_modal_run_finds_each_command():
+    """What `modal run modal_cluster.py[::name]` resolves to, by Modal's own CLI lookup."""
+    from modal.cli.import_refs import import_and_filter, parse_import_ref
+
+    def resolved(ref: str) -> tuple[str, str]:
+        found, commands, _ = import_and_filter(parse_import_ref(f"{ROOT / 'modal_cluster.py'}{ref}", command="run"),
+                                               base_cmd="modal run")
+        assert found is not None, f"modal run modal_cluster.py{ref} is ambiguous"
+        names = next(c.names for c in commands if c.runnable is found)
+        return names[0], type(found).__name__
+
+    assert resolved("") == ("main", "LocalEntrypoint")  # the bare command trains
+    assert resolved("::bench") == ("bench", "Function")
+    assert resolved("::list_runs") == ("list_runs", "Function")
 
 
 def test_container_config_puts_paths_fp16_and_name_on_the_volume(vol):
@@ -319,14 +335,13 @@ BENCH_ARGS = ("--suite model --models conv_bilstm --batch-sizes 8 --seq-len 16 -
 
 
 @pytest.mark.skipif(not HARNESS.is_file(), reason="benchmarks/bench_train.py (issue 5) is not in this branch yet")
-def test_bench_runs_the_harness_and_appends_its_records(vol, tmp_path, capsys):
-    modal_cluster.bench(gpus="t4", args=BENCH_ARGS, results_dir=str(tmp_path / "results"))
-    files = list((tmp_path / "results").glob("*.json"))
-    assert len(files) == 1
-    records = json.loads(files[0].read_text())
+def test_bench_runs_the_harness_and_appends_its_records(vol):
+    results = json.loads(modal_cluster.bench.local(gpus="t4", args=BENCH_ARGS))
+    records = results["T4"]
     assert "model" in {r["suite"] for r in records} and all("--no-save" in r["command"] for r in records)
-    assert files[0].name == f"{records[0]['device_slug']}.json"
-    assert f"T4: {len(records)} records" in capsys.readouterr().out
+    saved = list((vol / "benchmarks").glob("*.json"))  # on the volume, where `modal volume get` fetches it
+    assert [f.name for f in saved] == [f"{records[0]['device_slug']}.json"]
+    assert len(json.loads(saved[0].read_text())) == len(records)
 
 
 @pytest.mark.slow
