@@ -314,12 +314,22 @@ def run_local_trial(params: dict, *, sweep: Sweep) -> None:
     trial_id = ray_tune.get_context().get_trial_id()
     cfg = make_config(None, trial_config_overrides(sweep, params, trial_id), base=sweep.base)
 
+    final: list[dict] = []
+
     def report(row: dict) -> None:
-        row = dict(row)
+        row = dict(row, run_dir=str(sweep.runs_dir / trial_id))
+        if row["epoch"] == cfg.epochs:
+            # reported once train() has returned: Tune stops a trial on its last report (ASHA at max_t),
+            # which would cut the run's finish (metrics.json) short
+            final.append(row)
+            return
         checkpoint = ray_tune.Checkpoint.from_directory(row.pop("checkpoint"))
-        ray_tune.report(_metrics(dict(row, run_dir=str(sweep.runs_dir / trial_id))), checkpoint=checkpoint)
+        ray_tune.report(_metrics(row), checkpoint=checkpoint)
 
     train(cfg, on_epoch_end=report)
+    for row in final:
+        checkpoint = ray_tune.Checkpoint.from_directory(row.pop("checkpoint"))
+        ray_tune.report(_metrics(row), checkpoint=checkpoint)
 
 
 class StreamTrial(ray_tune.Trainable):
@@ -328,14 +338,17 @@ class StreamTrial(ray_tune.Trainable):
     A class rather than a function trainable because Tune calls `cleanup()` synchronously when ASHA
     stops the trial: closing the generator there lets the remote side stop its container. (In a
     function trainable the stop arrives as SystemExit in a daemon thread that Ray tears down ~50 ms
-    later, too soon for a network call.)
+    later, too soon for a network call.) Its actors are not reused: Tune parks a stopped trial's actor
+    for reuse without calling cleanup(), which would leave the remote container running.
     """
 
     def setup(self, config: dict, *, sweep: Sweep, stream: Callable[..., Iterator[dict]]):
-        overrides = flat_dict(make_config(None, trial_config_overrides(sweep, config, self.trial_id),
-                                          base=sweep.base).to_dict())
+        # the complete config as flat overrides (validated by the driver's check_space and again remotely;
+        # no make_config here, which would import torch into this waiting actor)
+        overrides = {**flat_dict(sweep.base), **parse_space(sweep.space).overrides(config),
+                     "name": f"{sweep.name}-{self.trial_id}", "resume": "auto"}
         overrides.pop("output_dir")  # the remote side decides where its runs live
-        overrides["name"] = f"{sweep.name}-{self.trial_id}"
+        self.epochs = int(overrides["epochs"])
         self.rows = stream(overrides, gpu=sweep.gpu)
         self.last: dict | None = None
 
@@ -348,7 +361,18 @@ class StreamTrial(ray_tune.Trainable):
         row = dict(row)
         row["remote_checkpoint"] = row.pop("checkpoint", "")
         self.last = _metrics(row)
+        if row["epoch"] >= self.epochs:
+            # last epoch: let the remote run finish (metrics.json, volume commit) before Tune may stop
+            # the trial, which it does on the last report (ASHA at max_t)
+            next(self.rows, None)
+            return dict(self.last, done=True)
         return self.last
+
+    def save_checkpoint(self, checkpoint_dir: str) -> dict:
+        return {"last": self.last}  # Tune's bookkeeping only: the model checkpoint stays on the remote side
+
+    def load_checkpoint(self, checkpoint: dict) -> None:
+        self.last = checkpoint["last"]
 
     def cleanup(self) -> None:
         with contextlib.suppress(Exception):  # a stream that already failed must not mask the trial's error
@@ -394,7 +418,7 @@ def max_epochs(sweep: Sweep) -> int:
 
 
 def make_tuner(sweep: Sweep, trainable, *, num_samples: int, scheduler: str, search: str, max_concurrent: int,
-               resources: dict):
+               resources: dict, reuse_actors: bool):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     epochs = max_epochs(sweep)
@@ -411,13 +435,16 @@ def make_tuner(sweep: Sweep, trainable, *, num_samples: int, scheduler: str, sea
     else:
         from ray.tune.search import BasicVariantGenerator
 
-        search_alg = BasicVariantGenerator(random_state=sweep.base["seed"])  # same sweep, same samples
+        # same seed, same samples; Tune ignores max_concurrent_trials for a search_alg given as an instance
+        search_alg = BasicVariantGenerator(random_state=sweep.base["seed"], max_concurrent=max_concurrent)
     return ray_tune.Tuner(
         ray_tune.with_resources(trainable, resources),
         param_space=parse_space(sweep.space).to_ray(),
         tune_config=ray_tune.TuneConfig(
             metric=METRIC, mode="max", num_samples=num_samples, scheduler=sched, search_alg=search_alg,
-            max_concurrent_trials=max_concurrent or None, trial_dirname_creator=_trial_dirname,
+            max_concurrent_trials=(max_concurrent or None) if search == "optuna" else None,
+            trial_dirname_creator=_trial_dirname,
+            reuse_actors=reuse_actors,
         ),
         run_config=ray_tune.RunConfig(
             name=sweep.name, storage_path=sweep.storage,
@@ -434,6 +461,8 @@ def run_sweep(sweep: Sweep, *, backend: Callable | None = None, resume: bool = F
     """Run (or continue) `sweep`; returns the trial table sorted by val macro F1 and writes best.yaml."""
     trainable = (backend or BACKENDS[sweep.backend])(sweep)
     resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    # a local trial reuses its predecessor's worker (no new process, no second torch import)
+    reuse_actors = not (isinstance(trainable, type) and issubclass(trainable, StreamTrial))
     t0 = time.perf_counter()
     if resume:
         tuner = ray_tune.Tuner.restore(str(sweep.dir), ray_tune.with_resources(trainable, resources),
@@ -441,7 +470,7 @@ def run_sweep(sweep: Sweep, *, backend: Callable | None = None, resume: bool = F
     else:
         sweep.save()
         tuner = make_tuner(sweep, trainable, num_samples=num_samples, scheduler=scheduler, search=search,
-                           max_concurrent=max_concurrent, resources=resources)
+                           max_concurrent=max_concurrent, resources=resources, reuse_actors=reuse_actors)
     grid = tuner.fit()
     wall = time.perf_counter() - t0
     rows = trial_table(grid, sweep)
@@ -586,10 +615,13 @@ def find_sweep(storage: str, name: str | None) -> Sweep:
 
 
 def init_ray() -> None:
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS", "local"), include_dashboard=False,
-                 runtime_env={"env_vars": {"TQDM_DISABLE": "1"}},  # no per-batch progress bars from trials
-                 logging_level=logging.WARNING)
+    """Connect to RAY_ADDRESS if set (a cluster started with `ray start`), else start Ray on this machine."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
+    else:
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,9 @@ class NonFiniteLossError(RuntimeError):
             "Lower learning_rate, set grad_clip, or use mixed_precision=no"
         )
 
+    def __reduce__(self):  # pickle/copy rebuild from (epoch, step, value): Ray ships errors between processes
+        return type(self), (self.epoch, self.step, self.value)
+
 
 # ----------------------------------------------------------------------------- loss
 

@@ -1,0 +1,248 @@
+"""tune.py: real Ray Tune sweeps of tiny configs on the CPU, search spaces, resume after a killed driver."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray")
+
+import tune  # noqa: E402  (after the skip: tune.py imports ray)
+from trainer.config import ConfigError, make_config  # noqa: E402
+from trainer.run import main as run_main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {
+    "epochs": 4,
+    "data.synthetic.num_videos": 4,
+    "data.synthetic.frames_per_video": 600,
+    "conv_channels": [16],
+    "lstm_hidden": 16,
+    "batch_size": 16,
+    "log_every": 1,  # check the loss every step: a non-finite one fails at once
+}
+TINY_ARGS = [f"{k}={json.dumps(v)}" for k, v in TINY.items()]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def _sweep(tmp: Path, name: str, space: dict, **base) -> tune.Sweep:
+    cfg = make_config(None, {**TINY, **base})
+    tune.check_space(tune.parse_space(space), cfg.to_dict())
+    return tune.Sweep(name=name, storage=str(tmp), base=cfg.to_dict(), space=space)
+
+
+def _epochs(run_dir: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------- search spaces (no Ray needed)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_search_space_loads_and_validates(path):
+    text = path.read_text()
+    assert text.startswith("# python tune.py ") and f"--space search_spaces/{path.name}" in text.splitlines()[0]
+    space = tune.load_space(path)
+    assert space.params
+    tune.check_space(space, make_config(ROOT / "configs" / "default.yaml").to_dict())
+    tune.check_space(space, make_config(ROOT / "configs" / "default.yaml").to_dict(), search="optuna")
+    for key in yaml.safe_load(text):  # each key has a one-line comment
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"{key}:"))
+        assert "#" in line, f"{path.name}: {key} has no comment"
+    # a sample of the space is a valid config
+    from ray.tune.search.variant_generator import generate_variants
+
+    for _, params in generate_variants(space.to_ray()):
+        make_config(None, space.overrides(params))
+
+
+def test_default_space_sweeps_per_class_weights_with_fixed_background():
+    space = tune.load_space(ROOT / "search_spaces" / "default.yaml")
+    assert space.params["learning_rate"].kind == "loguniform"
+    assert space.params["batch_size"].kind == "choice"
+    over = space.overrides({"learning_rate": 1e-3, "batch_size": 32, "class_weights.investigation": 2.0,
+                            "class_weights.mount": 3.0, "class_weights.attack": 4.0})
+    assert over == {"learning_rate": 1e-3, "batch_size": 32, "class_weights": [1.0, 2.0, 3.0, 4.0]}
+
+
+def test_list_choices_travel_as_strings_and_come_back_as_lists():
+    space = tune.parse_space({"class_weights": {"choice": [[1, 2, 4, 4], [1, 1, 1, 1]]},
+                              "features": {"grid": [["coords", "mask"]]}})
+    assert space.params["class_weights"].encoded() == ["[1, 2, 4, 4]", "[1, 1, 1, 1]"]
+    assert space.overrides({"class_weights": "[1, 2, 4, 4]", "features": "[coords, mask]"}) == {
+        "class_weights": [1, 2, 4, 4], "features": ["coords", "mask"]}
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"lerning_rate": {"loguniform": [1e-4, 1e-2]}}, "unknown config key 'lerning_rate'; did you mean 'learning_rate'"),
+    ({"data": {"synthetic": {"num_video": {"choice": [4]}}}}, "did you mean 'data.synthetic.num_videos'"),
+    ({"learning_rate": {"log_uniform": [1e-4, 1e-2]}}, "did you mean 'loguniform'"),
+    ({"learning_rate": {"loguniform": [0, 1e-2]}}, "low > 0"),
+    ({"learning_rate": {"uniform": [1e-2, 1e-4]}}, "low < high"),
+    ({"batch_size": {"loguniform": [8, 64]}}, "integer key; use randint or choice"),
+    ({"batch_size": {"choice": [16, "big"]}}, "batch_size' expects int"),
+    ({"model_type": {"choice": ["conv_bilstm", "transfomer"]}}, "did you mean 'transformer'"),
+    ({"class_weights": {"classes": ["other", "attack"], "each": {"uniform": [1, 5]}}}, "differ from the synthetic"),
+    ({"learning_rate": {"grid": [1e-3, 1e-2]}}, "grid works with --search random only"),
+])
+def test_bad_spaces_fail_before_anything_runs(raw, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        space = tune.parse_space(raw)
+        tune.check_space(space, make_config().to_dict(), search="optuna" if "grid" in str(raw) else "random")
+
+
+def test_cli_rejects_an_unknown_key_without_starting_ray(tmp_path, caplog):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lerning_rate: {loguniform: [1.0e-4, 1.0e-2]}\n")
+    assert tune.main(["--space", str(bad), "--storage", str(tmp_path / "sweeps")]) == 2
+    assert "did you mean 'learning_rate'" in caplog.text
+    assert not (tmp_path / "sweeps").exists() and not ray.is_initialized()
+
+
+def test_user_errors_survive_the_trip_from_a_trial_worker():
+    import pickle
+
+    from trainer.data.recording import DataError
+    from trainer.engine import NonFiniteLossError
+
+    for e in (NonFiniteLossError(3, 7, float("nan")), ConfigError("config key 'x'"), DataError("bad file")):
+        assert str(pickle.loads(pickle.dumps(e))) == str(e)
+
+
+# ---------------------------------------------------------------------------- real sweeps
+
+
+@pytest.fixture(scope="module")
+def sweep_result(ray_cluster, tmp_path_factory):
+    """One sequential ASHA sweep: a good trial, one that can only predict background (ASHA stops it at
+    the first rung) and one whose loss overflows (errored); in that order, so ASHA is deterministic."""
+    space = {"class_weights": {"grid": [[1, 5, 5, 5], [1, 0, 0, 0], [1, 1e38, 1e38, 1e38]]}}
+    sweep = _sweep(tmp_path_factory.mktemp("sweeps"), "asha", space)
+    rows = tune.run_sweep(sweep, num_samples=1, scheduler="asha", max_concurrent=1, cpus_per_trial=1)
+    return sweep, {json.dumps(r["params"]["class_weights"]): r for r in rows}, rows
+
+
+def test_asha_stops_the_weak_trial_and_a_failing_trial_does_not_stop_the_sweep(sweep_result):
+    sweep, by_weights, rows = sweep_result
+    good, weak, bad = (by_weights[k] for k in ("[1, 5, 5, 5]", "[1, 0, 0, 0]", "[1, 1e+38, 1e+38, 1e+38]"))
+    assert good["status"] == "done" and good["epochs"] == TINY["epochs"] and good["val_macro_f1"] > 0
+    assert weak["status"] == "stopped" and weak["epochs"] == 1, weak  # first rung: epochs // 4 = 1
+    assert _epochs(Path(weak["run_dir"])) == [1]  # its training really stopped there
+    assert bad["status"] == "error" and bad["error"].startswith("NonFiniteLossError: training loss became")
+    assert [r["status"] for r in rows] == ["done", "stopped", "error"]  # sorted by val macro F1, errors last
+    summary = json.loads((sweep.dir / "trials.json").read_text())
+    assert len(summary["trials"]) == 3 and summary["wall_time_s"] > 0
+
+
+def test_trials_share_one_tensorboard_dir_with_hparams(sweep_result):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sweep, by_weights, _ = sweep_result
+    runs = sorted(p for p in sweep.runs_dir.iterdir() if (p / "metrics.jsonl").is_file())
+    assert len(runs) == 2  # the errored trial failed before its first epoch
+    for run in runs:
+        ea = EventAccumulator(str(run / "tb"))
+        ea.Reload()
+        assert "val/macro_f1" in ea.Tags()["scalars"]
+        assert any(b"class_weights_1" in v for v in ea.PluginTagToContent("hparams").values())
+    # each trial reported a Tune checkpoint (a copy of the run's checkpoints/last)
+    good = Path(by_weights["[1, 5, 5, 5]"]["run_dir"])
+    assert list((sweep.dir / good.name).glob("checkpoint_*/model.safetensors"))
+
+
+def test_best_yaml_is_a_complete_config_that_reproduces_the_best_trial(sweep_result, tmp_path):
+    sweep, by_weights, rows = sweep_result
+    best_yaml = sweep.dir / "best.yaml"
+    text = best_yaml.read_text()
+    assert text.startswith(f"# python trainer/run.py --config {best_yaml}")
+    cfg = make_config(best_yaml)
+    assert cfg.class_weights == [1, 5, 5, 5] and cfg.name == "" and cfg.output_dir == "runs"
+    assert set(yaml.safe_load(text)) == set(make_config().to_dict())  # every key, not just differences
+    assert run_main(["--config", str(best_yaml), f"output_dir={tmp_path}", "name=again"]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert abs(again["val_macro_f1"] - rows[0]["val_macro_f1"]) < 0.02
+
+
+def _closing_stream(overrides: dict, *, gpu: str, marks: str):
+    """Stand-in for modal_cluster.stream_trial: val macro F1 = learning_rate * epoch; marks how it ended."""
+    lr, name = overrides["learning_rate"], overrides["name"]
+    try:
+        for epoch in range(1, overrides["epochs"] + 1):
+            time.sleep(0.05)
+            yield {"epoch": epoch, "val_macro_f1": lr * epoch, "best_val_macro_f1": lr * epoch,
+                   "checkpoint": f"/remote/{name}/checkpoints/last", "gpu": gpu}
+    except GeneratorExit:
+        time.sleep(0.5)  # a network call to stop the container: must not be cut short by Ray
+        Path(marks, f"{lr}.closed").write_text(name)
+        raise
+    Path(marks, f"{lr}.finished").write_text(name)
+
+
+def test_stream_backend_closes_the_stream_of_a_trial_asha_stops(ray_cluster, tmp_path):
+    space = {"learning_rate": {"grid": [0.08, 0.01]}}
+    sweep = _sweep(tmp_path, "stream", space, epochs=8)
+    sweep.gpu = "T4"
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
+    backend = tune.stream_backend(functools.partial(_closing_stream, marks=str(tmp_path)))
+    rows = tune.run_sweep(sweep, backend=backend, num_samples=1, max_concurrent=1, cpus_per_trial=0.5)
+    status = {r["params"]["learning_rate"]: r["status"] for r in rows}
+    # ASHA rungs at epochs 2, 4, 8: at epoch 2, 0.01 is below the trial before it
+    assert status == {0.08: "done", 0.01: "stopped"}, status
+    for lr, st in status.items():
+        assert (tmp_path / f"{lr}.{'finished' if st == 'done' else 'closed'}").is_file(), lr
+    assert rows[0]["val_macro_f1"] == pytest.approx(0.64) and rows[1]["epochs"] == 2
+
+
+def test_resume_after_the_driver_is_killed_redoes_no_finished_work(ray_cluster, tmp_path):
+    space = tmp_path / "lr.yaml"
+    space.write_text("learning_rate: {grid: [0.002, 0.003, 0.004]}   # three trials, run one at a time\n")
+    args = ["--space", str(space), "--num-samples", "1", "--max-concurrent", "1", "--scheduler", "none",
+            "--storage", str(tmp_path), "--name", "r", *TINY_ARGS, "epochs=8"]
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    driver = subprocess.Popen([sys.executable, str(ROOT / "tune.py"), *args], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = tmp_path / "r" / "runs"
+
+    def started() -> list[Path]:
+        return sorted((p for p in runs.glob("*") if (p / "metrics.jsonl").is_file()), key=lambda p: p.name)
+
+    try:  # kill the driver while the second trial is half-way
+        deadline = time.time() + 120
+        while not (len(started()) >= 2 and len(_epochs(started()[1])) >= 2):
+            assert driver.poll() is None and time.time() < deadline, "sweep did not get to its second trial"
+            time.sleep(0.1)
+        os.kill(driver.pid, signal.SIGKILL)
+    finally:
+        driver.kill()
+        driver.wait()
+    first, second = started()[:2]
+    assert len(_epochs(first)) == 8 and len(_epochs(second)) < 8
+    first_done = (first / "metrics.json").stat().st_mtime_ns
+    deadline = time.time() + 30  # the killed driver's trial actor goes away with it
+    while ray.available_resources().get("CPU", 0) < 2:
+        assert time.time() < deadline
+        time.sleep(0.2)
+
+    assert tune.main(["--storage", str(tmp_path), "--name", "r", "--resume"]) == 0
+    rows = json.loads((tmp_path / "r" / "trials.json").read_text())["trials"]
+    assert [r["status"] for r in rows] == ["done"] * 3
+    for run in runs.iterdir():
+        assert _epochs(run) == list(range(1, 9)), run.name  # every epoch trained exactly once
+    assert (first / "metrics.json").stat().st_mtime_ns == first_done  # the finished trial did not run again
+    assert len((second / "command.txt").read_text().splitlines()) == 2  # started, then resumed
+    assert (tmp_path / "r" / "best.yaml").is_file()
