@@ -41,7 +41,7 @@ from pathlib import Path
 
 import modal
 
-from trainer.config import Config, ConfigError, flat_dict, make_config
+from trainer.config import Config, ConfigError, all_keys, flat_dict, make_config
 
 log = logging.getLogger("modal_cluster")
 
@@ -207,15 +207,28 @@ def _git_sha() -> str:
 PATH_KEYS = ("data.path", "data.val_path", "data.annotation_path", "train_data_dir", "val_data_dir")
 
 
-def check_cloud_config(cfg: Config, root: Path = Path(VOLUME_MOUNT)) -> None:
-    """Keys that make no sense in a GPU container, as one-line ConfigErrors (checked before launching)."""
-    if cfg.resume not in ("", "auto"):
+def check_cloud_config(values: dict, root: Path = Path(VOLUME_MOUNT)) -> None:
+    """Keys that make no sense in a GPU container, as one-line ConfigErrors (checked before launching).
+
+    values: a flat {dotted_key: value} config (flat_dict of Config.to_dict(), or overrides).
+    """
+    if values.get("resume", "") not in ("", "auto"):
         raise ConfigError("on Modal a run resumes by its name: rerun with name=<run name> instead of resume=...")
-    if cfg.device == "cpu":
+    if values.get("device") == "cpu":
         raise ConfigError("device=cpu in a GPU container; drop it (device=auto uses the GPU)")
-    out = Path(cfg.output_dir)
+    out = Path(str(values.get("output_dir", DEFAULTS.output_dir)))
     if out.is_absolute() and root not in (out, *out.parents):
         raise ConfigError(f"output_dir '{out}' is outside the volume ({root}); use a relative path such as runs")
+
+
+def check_keys(values: dict) -> None:
+    """Every key of a flat override dict is a config key (no torch import: make_config's model check has one)."""
+    valid = all_keys()
+    for key in values:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{key}'{hint}")
 
 
 def container_config(config: dict, name: str) -> Config:
@@ -226,8 +239,8 @@ def container_config(config: dict, name: str) -> Config:
     """
     cfg = make_config(None, config)
     root = volume_root()
-    check_cloud_config(cfg, root)
     values = flat_dict(cfg.to_dict())
+    check_cloud_config(values, root)
     for key in PATH_KEYS:
         if values[key] and not Path(values[key]).is_absolute():
             values[key] = str(root / values[key])
@@ -529,16 +542,19 @@ def stream_trial(config_overrides: dict, *, gpu: str, name: str | None = None,
     relative data paths and output_dir are on the volume. name: the run directory name
     (<output_dir>/<name> on the volume; default the config's name, else trial-<random>);
     reusing a name resumes that trial from its last checkpoint. timeout: seconds,
-    default the config's modal_timeout. The config and GPU are checked here, before any
-    container starts (ConfigError), and so are the Modal credentials (ModalSetupError).
-    Closing the returned generator stops the container.
+    default the config's modal_timeout. The GPU, the key names and the cloud-specific keys
+    are checked here, before any container starts (ConfigError), without importing torch
+    (Ray keeps one waiting process per trial); values are validated in the container. The
+    Modal credentials are checked here too (ModalSetupError). Closing the returned
+    generator stops the container.
     """
     gpu = check_gpu(gpu)
-    cfg = make_config(None, config_overrides)
-    check_cloud_config(cfg)
-    timeout = check_timeout(timeout if timeout is not None else cfg.modal_timeout,
+    values = flat_dict(config_overrides)
+    check_keys(values)
+    check_cloud_config(values)
+    timeout = check_timeout(timeout if timeout is not None else values.get("modal_timeout", DEFAULTS.modal_timeout),
                             "--timeout" if timeout is not None else "config key 'modal_timeout'")
-    name = name or cfg.name or f"trial-{uuid.uuid4().hex[:8]}"
+    name = name or values.get("name") or f"trial-{uuid.uuid4().hex[:8]}"
     require_token()
     source = {"git_sha": _git_sha(), "requested_gpu": gpu}
     runner = _local_trial if local_mode() else _remote_trial
@@ -583,7 +599,7 @@ def plan_run(arglist: list[str] | tuple[str, ...]) -> RunPlan:
                else check_timeout(cfg.modal_timeout, "config key 'modal_timeout'"))
     name = cfg.name or f"{cfg.model_type}-{time.strftime('%Y%m%d-%H%M%S')}"  # fixed now, so retries resume it
     cfg = dataclasses.replace(cfg, name=name, modal_gpu=gpu, modal_timeout=timeout)
-    check_cloud_config(cfg)
+    check_cloud_config(flat_dict(cfg.to_dict()))
     return RunPlan(cfg, gpu, timeout)
 
 
