@@ -95,7 +95,15 @@ def _project_image() -> modal.Image:
     return image.add_local_python_source("trainer", ignore=["**/__pycache__/**"])
 
 
+def _light_image() -> modal.Image:
+    """For TensorBoard and list_runs: no torch, so the web endpoint starts quickly."""
+    pins = [p for p in PINNED if p.split("==")[0] in ("tensorboard", "pyyaml")]
+    return (modal.Image.debian_slim(python_version="3.11").pip_install(*pins)
+            .add_local_python_source("trainer", ignore=["**/__pycache__/**"]))
+
+
 app = modal.App(APP_NAME, image=_project_image())
+light_image = _light_image()
 volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
 VOLUMES = {VOLUME_MOUNT: volume}
 
@@ -429,7 +437,7 @@ def _run_summary(run_dir: Path, root: Path) -> dict:
     }
 
 
-@app.function(volumes=VOLUMES, timeout=300)
+@app.function(image=light_image, volumes=VOLUMES, timeout=300)
 def list_runs() -> list[dict]:
     """Every run directory on the volume (anything under runs/ holding a config.yaml), printed and returned."""
     _setup_logging()
@@ -495,7 +503,7 @@ def serve_tensorboard(src: Path, dst: Path, *, port: int, reload: Callable[[], N
 _tensorboard_proc: subprocess.Popen | None = None  # the server started by tensorboard() in this process
 
 
-@app.function(volumes=VOLUMES, max_containers=1, scaledown_window=15 * 60)
+@app.function(image=light_image, volumes=VOLUMES, max_containers=1, scaledown_window=15 * 60)
 @modal.concurrent(max_inputs=64)
 @modal.web_server(port=TB_PORT, startup_timeout=120)
 def tensorboard() -> None:
