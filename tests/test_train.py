@@ -107,6 +107,7 @@ def test_existing_run_is_never_overwritten(tiny, tmp_path, caplog):
         (["class_weights=[1,2,3]"], "class_weights' has 3 values but the data has 4 classes"),
         (["sequence_length=5000"], "longer than every training video"),
         (["data.synthetic.num_videos=1"], "need at least 2 videos"),
+        (["data.synthetic.num_videos=0"], "no recordings found"),
         (["num_classes=5"], "num_classes' is 5 but the data has 4"),
         (["input_dim=30"], "input_dim' is 30 but the data has 28"),
         (["data.format=calms"], "unknown format 'calms'"),

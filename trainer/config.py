@@ -45,7 +45,7 @@ class SyntheticConfig:
 class DataConfig:
     """Where the recordings come from and how they are split."""
 
-    format: str = "synthetic"  # reader name: synthetic | calms21 | mabe25 | dlc | simba (see trainer.data)
+    format: str = "synthetic"  # reader name: synthetic | calms21 | mabe25 | dlc | simba | auto (see docs/formats.md)
     path: str = ""  # file or directory the reader loads (unused by synthetic)
     val_path: str = ""  # optional separate validation file/directory; else split `path` by video
     val_fraction: float = 0.2  # fraction of videos held out for validation
@@ -58,6 +58,12 @@ class DataConfig:
     annotation_stream: str = "S1"  # dlc + Caltech annotator: which stream to read
     annotation_format: str = "auto"  # dlc: auto | boris | caltech
     behaviors: list = field(default_factory=list)  # optional explicit class list (after background)
+    annotation_pairs: list = field(default_factory=list)  # dlc: [[tracking_file, annotation_file], ...]; [] = pair by file stem
+    labs: list = field(default_factory=list)  # mabe25: read only these lab_ids; [] = every lab
+    min_likelihood: float = 0.0  # dlc/simba: keypoints with pose likelihood below this become NaN
+    pix_per_cm: float = 0.0  # pixels per cm where the format does not store it (calms21, dlc, simba); 0 = unknown
+    skeleton: str = "auto"  # native | canonical | auto (= canonical when videos track different body parts)
+    units: str = "px"  # px | cm (divide coordinates by each video's pix_per_cm; comparable across labs)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -160,6 +166,8 @@ _CHOICES = {
     "loss": ("cross_entropy", "focal"),
     "data.split": ("by_video", "by_lab", "kfold"),
     "data.annotation_format": ("auto", "boris", "caltech"),
+    "data.skeleton": ("auto", "native", "canonical"),
+    "data.units": ("px", "cm"),
 }
 
 

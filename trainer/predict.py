@@ -1,18 +1,30 @@
 """Per-frame predictions from a checkpoint.
 
     python -m trainer.predict --checkpoint runs/<name>/checkpoints/best --out preds.csv
+    python -m trainer.predict --checkpoint ... --input data/mabe/test.csv --format mabe25 --out preds.csv
 
 Without `--input`, predicts the validation videos of the data the checkpoint was trained
-on (for the synthetic default they are regenerated from the stored config). Features are
-computed with the statistics stored in the checkpoint, windows overlap and are stitched
-back so every frame gets exactly one prediction. Writes the per-frame CSV (class and
-probabilities per frame and pair, plus the true label where known) and an ethogram PNG
-next to it (`preds_ethogram.png`).
+on (for the synthetic default they are regenerated from the stored config). `--input`
+takes files of any reader (`--format`, default: the run's data.format); they are read with
+the model's class list and put on its skeleton and units. Features are computed with the
+statistics stored in the checkpoint, windows overlap and are stitched back so every frame
+gets exactly one prediction. Writes next to `--out`:
+
+* the per-frame CSV (class and probabilities per frame and pair, `final` = the
+  post-processed label, plus the true label where known),
+* `<out>_intervals.csv` (video_id, agent, target, action, start_frame, stop_frame),
+* for mabe25 input `<out>_submission.csv`, a valid Kaggle submission,
+* an ethogram PNG (`<out>_ethogram.png`).
+
+Post-processing (trainer/postprocess.py) uses `postprocess.json` from the checkpoint
+directory when present (written by `python -m trainer.evaluate --fit-postprocess`),
+else plain argmax; `--smooth/--max-gap/--min-bout` override it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
@@ -28,10 +40,12 @@ from trainer import checkpoint as ckpt_io
 from trainer.config import Config, ConfigError, make_config
 from trainer.data import load_splits, read_recordings
 from trainer.data.recording import UNLABELLED, DataError, Recording
+from trainer.data.skeleton import conform
 from trainer.data.windows import WindowDataset, make_sequences
 from trainer.engine import predict_logits
 from trainer.features import FeaturePipeline
 from trainer.models import build_model
+from trainer.postprocess import PostprocessSettings, intervals_table, mabe_submission
 
 log = logging.getLogger("trainer.predict")
 
@@ -59,6 +73,42 @@ class Predictor:
         return cls(model, cfg, FeaturePipeline.from_state(meta["features"]), meta["class_names"],
                    meta["window_length"], ck)
 
+    @property
+    def background(self) -> int:
+        """Index of the background class (as training chose it)."""
+        bg = self.cfg.data.background_class
+        return self.class_names.index(bg) if bg in self.class_names else 0
+
+    def read(self, fmt: str, path: str) -> list[Recording]:
+        """Read `path` like the training data: the model's class list, skeleton and units."""
+        data = self.cfg.data
+        if fmt != "synthetic":  # pin the class order, so label indices mean what the model means
+            bg = self.class_names[self.background]
+            data = dataclasses.replace(data, background_class=bg,
+                                       behaviors=[c for c in self.class_names if c != bg])
+        recs = read_recordings(fmt, path, data=data, fps=self.cfg.fps)
+        for r in recs:
+            if r.labels is not None and list(r.class_names) != list(self.class_names):
+                raise DataError(f"{r.video_id}: classes {r.class_names} differ from the model's {self.class_names}")
+        return conform(recs, bodyparts=self.pipeline.bodyparts, units=self.cfg.data.units)
+
+    def postprocess(self, recs: list[Recording], probs: list[list[np.ndarray]],
+                    settings: PostprocessSettings) -> list[np.ndarray]:
+        """Per recording (T, P) labels after `settings` (smoothing, thresholds, bouts)."""
+        out = []
+        for r, per_pair in zip(recs, probs):
+            cols = []
+            for p, pr in enumerate(per_pair):
+                mask = r.label_mask[p] if r.label_mask is not None else None
+                cols.append(settings.apply(pr, self.class_names, background=self.background, class_mask=mask))
+            out.append(np.stack(cols, axis=1))
+        return out
+
+    def settings(self) -> PostprocessSettings:
+        """postprocess.json of the checkpoint directory, else plain argmax."""
+        path = self.checkpoint / "postprocess.json"
+        return PostprocessSettings.load(path) if path.is_file() else PostprocessSettings()
+
     def probabilities(self, recs: list[Recording], *, batch_size: int = 64) -> list[list[np.ndarray]]:
         """Per recording, per labelled pair: (T, C) class probabilities for every frame."""
         from trainer.run import new_accelerator  # the run module owns Accelerator construction
@@ -83,10 +133,14 @@ class Predictor:
         return out
 
 
-def frame_table(recs: list[Recording], probs: list[list[np.ndarray]], class_names: list[str]) -> pd.DataFrame:
-    """One row per frame and pair: video_id, frame, agent, target, pred, prob_<class>..., true."""
+def frame_table(recs: list[Recording], probs: list[list[np.ndarray]], class_names: list[str],
+                labels: list[np.ndarray] | None = None) -> pd.DataFrame:
+    """One row per frame and pair: video_id, frame, agent, target, pred, prob_<class>..., [final], true.
+
+    `labels`: optional per recording (T, P) post-processed labels, written as `final`.
+    """
     parts = []
-    for r, per_pair in zip(recs, probs):
+    for i, (r, per_pair) in enumerate(zip(recs, probs)):
         for p, pr in enumerate(per_pair):
             a, t = r.pairs[p]
             pred = pr.argmax(axis=1)
@@ -99,6 +153,8 @@ def frame_table(recs: list[Recording], probs: list[list[np.ndarray]], class_name
             })
             for c, name in enumerate(class_names):
                 df[f"prob_{name}"] = pr[:, c].astype(np.float32)
+            if labels is not None:
+                df["final"] = np.asarray(class_names)[labels[i][:, p]]
             if r.labels is not None:
                 y = r.labels[:, p]
                 df["true"] = np.where(y == UNLABELLED, "", np.asarray(class_names)[np.maximum(y, 0)])
@@ -121,10 +177,27 @@ def save_ethogram(path: Path, recs, probs, class_names, max_tracks: int = 8) -> 
 def select_recordings(pred: Predictor, args) -> list[Recording]:
     cfg = pred.cfg
     if args.input:
-        fmt = args.format or cfg.data.format
-        return read_recordings(fmt, args.input, data=cfg.data, fps=cfg.fps)
+        return pred.read(args.format or cfg.data.format, args.input)
     train, val = load_splits(cfg)
-    return {"val": val, "train": train, "all": train + val}[args.split]
+    recs = {"val": val, "train": train, "all": train + val}[args.split]
+    return conform(recs, bodyparts=pred.pipeline.bodyparts, units=cfg.data.units)
+
+
+def settings_from_args(pred: Predictor, args) -> PostprocessSettings:
+    """The checkpoint's (or --postprocess) settings with the command-line overrides applied."""
+    settings = PostprocessSettings.load(args.postprocess) if args.postprocess else pred.settings()
+    for key in ("smooth_window", "max_gap", "min_bout"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(settings, key, value)
+    return settings
+
+
+def write_csv(table: pd.DataFrame, path: Path, **kwargs) -> None:
+    """Write atomically: a crashed run never leaves half a CSV under the final name."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_csv(tmp, index=False, **kwargs)
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,24 +210,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", help="reader for --input (default: the run's data.format)")
     p.add_argument("--split", choices=["val", "train", "all"], default="val", help="without --input: which videos")
     p.add_argument("--batch-size", type=int, default=64)
+    add_postprocess_args(p)
     args = p.parse_args(argv)
     try:
         pred = Predictor.load(args.checkpoint)
         recs = select_recordings(pred, args)
         probs = pred.probabilities(recs, batch_size=args.batch_size)
+        labels = pred.postprocess(recs, probs, settings_from_args(pred, args))
     except (ConfigError, DataError) as e:
         log.error("error: %s", e)
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = frame_table(recs, probs, pred.class_names)
-    tmp = out.with_name(f".{out.name}.tmp")
-    table.to_csv(tmp, index=False, float_format="%.5f")
-    tmp.replace(out)
+    table = frame_table(recs, probs, pred.class_names, labels)
+    write_csv(table, out, float_format="%.5f")
+    intervals = out.with_name(f"{out.stem}_intervals.csv")
+    write_csv(intervals_table(recs, labels, background=pred.background), intervals)
+    if all(r.meta.get("format") == "mabe25" for r in recs):
+        sub = out.with_name(f"{out.stem}_submission.csv")
+        write_csv(mabe_submission(recs, labels, background=pred.background), sub)
+        log.info("wrote the Kaggle submission %s", sub)
     png = out.with_name(f"{out.stem}_ethogram.png")
     save_ethogram(png, recs, probs, pred.class_names)
-    log.info("wrote %d frames of %d videos to %s and the ethogram to %s", len(table), len(recs), out, png)
+    log.info("wrote %d frames of %d videos to %s, intervals to %s and the ethogram to %s",
+             len(table), len(recs), out, intervals, png)
     return 0
+
+
+def add_postprocess_args(p: argparse.ArgumentParser) -> None:
+    """--postprocess/--smooth/--max-gap/--min-bout (shared with trainer.evaluate)."""
+    p.add_argument("--postprocess", help="postprocess.json (default: the checkpoint's, else argmax)")
+    p.add_argument("--smooth", dest="smooth_window", type=int, help="moving-mean window over probabilities, frames")
+    p.add_argument("--max-gap", dest="max_gap", type=int, help="fill background gaps up to this many frames")
+    p.add_argument("--min-bout", dest="min_bout", type=int, help="drop bouts shorter than this many frames")
 
 
 if __name__ == "__main__":

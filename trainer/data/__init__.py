@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from trainer.data.recording import UNLABELLED, DataError, Recording
+from trainer.data.skeleton import harmonise
 
 Reader = Callable[..., list[Recording]]
 
@@ -21,6 +22,11 @@ Reader = Callable[..., list[Recording]]
 # dependencies of one format never slow down or break another.
 READERS: dict[str, str] = {
     "synthetic": "trainer.data.synthetic:read_synthetic",
+    "calms21": "trainer.data.calms21:read_calms21",
+    "mabe25": "trainer.data.mabe25:read_mabe25",
+    "dlc": "trainer.data.dlc:read_dlc",
+    "simba": "trainer.data.simba:read_simba",
+    "auto": "trainer.data.detect:read_auto",  # detect one of the above from the files
 }
 
 __all__ = ["READERS", "UNLABELLED", "DataError", "Recording", "get_reader", "load_splits", "read_recordings"]
@@ -74,7 +80,10 @@ def load_splits(cfg) -> tuple[list[Recording], list[Recording]]:
         train_path, val_path = "", ""
     recs = read_recordings(d.format, train_path, data=d, fps=cfg.fps)
     if val_path:
-        return recs, read_recordings(d.format, val_path, data=d, fps=cfg.fps)
+        val = read_recordings(d.format, val_path, data=d, fps=cfg.fps)
+        both = harmonise(recs + val, skeleton=d.skeleton, units=d.units)  # one layout for both sides
+        return both[: len(recs)], both[len(recs):]
+    recs = harmonise(recs, skeleton=d.skeleton, units=d.units)
     splitter = SPLITTERS.get(d.split)
     if splitter is None:
         raise DataError(f"config key 'data.split': unknown split '{d.split}'")
@@ -85,5 +94,17 @@ def _split_by_video(recs, d):
     return split_by_video(recs, val_fraction=d.val_fraction, seed=d.split_seed)
 
 
-# split name -> fn(recs, data_cfg) -> (train, val); "by_lab" and "kfold" come with the real-data readers
-SPLITTERS: dict[str, Callable] = {"by_video": _split_by_video}
+def _split_by_lab(recs, d):
+    from trainer.data.splits import split_by_lab
+
+    return split_by_lab(recs, d)
+
+
+def _split_kfold(recs, d):
+    from trainer.data.splits import split_kfold
+
+    return split_kfold(recs, d)
+
+
+# split name -> fn(recs, data_cfg) -> (train, val)
+SPLITTERS: dict[str, Callable] = {"by_video": _split_by_video, "by_lab": _split_by_lab, "kfold": _split_kfold}

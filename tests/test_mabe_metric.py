@@ -1,0 +1,194 @@
+"""The MABe-2025 score against the hand-worked examples of FORMATS.md and a set-based reference."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trainer.metrics import SubmissionError, frame_scores, mabe_score, mabe_score_details
+
+COLS = ["video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame"]
+
+
+def solution(rows, whitelist, lab="lab1"):
+    """rows: (video, agent, target, action, start, stop); whitelist: {video: ["mouse1,mouse2,attack", ...]}."""
+    df = pd.DataFrame(rows, columns=COLS)
+    df["lab_id"] = [lab if isinstance(lab, str) else lab[v] for v in df["video_id"]]
+    df["behaviors_labeled"] = [json.dumps(whitelist[v]) for v in df["video_id"]]
+    return df
+
+
+def submission(rows):
+    df = pd.DataFrame(rows, columns=COLS)
+    df.insert(0, "row_id", range(len(df)))
+    return df
+
+
+WL = {"v1": ["mouse1,mouse2,attack"]}
+
+
+def test_official_example_0667():
+    sol = solution([("v1", "mouse1", "mouse2", "attack", 0, 10), ("v1", "mouse1", "mouse2", "attack", 30, 40)], WL)
+    sub = submission([("v1", "mouse1", "mouse2", "attack", 0, 40)])
+    # TP 20, FP 20, FN 0 -> 2*20 / (2*20 + 20) = 2/3
+    assert mabe_score(sol, sub) == pytest.approx(2 / 3)
+    assert round(mabe_score(sol, sub), 3) == 0.667
+
+
+def test_unpredicted_truth_action_counts_zero_05():
+    sol = solution([("v1", "mouse1", "mouse2", "attack", 0, 9), ("v1", "mouse1", "mouse2", "mount", 15, 24)], WL)
+    sub = submission([("v1", "mouse1", "mouse2", "attack", 0, 9)])
+    d = mabe_score_details(sol, sub)
+    assert d["score"] == pytest.approx(0.5)
+    assert d["labs"]["lab1"]["f1"] == {"attack": 1.0, "mount": 0.0}
+
+
+def test_two_labs_predicted_in_one_025():
+    rows = [("v1", "mouse1", "mouse2", "attack", 0, 9), ("v1", "mouse1", "mouse2", "mount", 15, 24),
+            ("v2", "mouse1", "mouse2", "attack", 0, 9), ("v2", "mouse1", "mouse2", "mount", 15, 24)]
+    wl = {"v1": ["mouse1,mouse2,attack"], "v2": ["mouse1,mouse2,attack"]}
+    sol = solution(rows, wl, lab={"v1": "labA", "v2": "labB"})
+    sub = submission([("v1", "mouse1", "mouse2", "attack", 0, 9)])
+    d = mabe_score_details(sol, sub)
+    assert d["labs"]["labA"]["score"] == pytest.approx(0.5) and d["labs"]["labB"]["score"] == 0.0
+    assert d["score"] == pytest.approx(0.25)
+
+
+def test_adjacent_truth_intervals_10():
+    sol = solution([("v1", "mouse1", "mouse2", "attack", 0, 10), ("v1", "mouse1", "mouse2", "attack", 10, 20)], WL)
+    assert mabe_score(sol, submission([("v1", "mouse1", "mouse2", "attack", 0, 20)])) == 1.0
+
+
+def test_repeated_predicted_frames_count_once():
+    sol = solution([("v1", "mouse1", "mouse2", "attack", 0, 10), ("v1", "mouse1", "mouse2", "attack", 30, 40)], WL)
+    once = submission([("v1", "mouse1", "mouse2", "attack", 0, 40)])
+    twice = submission([("v1", "mouse1", "mouse2", "attack", 0, 40), ("v1", "mouse1", "mouse2", "attack", 5, 35),
+                        ("v1", "mouse1", "mouse2", "attack", 0, 40)])
+    assert mabe_score(sol, twice) == mabe_score(sol, once)
+
+
+def test_overlapping_actions_in_one_pair_reject_the_submission():
+    wl = {"v1": ["mouse1,mouse2,attack", "mouse1,mouse2,sniff", "mouse2,mouse1,sniff"]}
+    sol = solution([("v1", "mouse1", "mouse2", "attack", 0, 10)], wl)
+    bad = submission([("v1", "mouse1", "mouse2", "attack", 0, 10), ("v1", "mouse1", "mouse2", "sniff", 9, 12)])
+    with pytest.raises(SubmissionError, match="attack and sniff both predicted on frame 9"):
+        mabe_score(sol, bad)
+    # the same frames for another pair, or touching intervals, are fine
+    ok = submission([("v1", "mouse1", "mouse2", "attack", 0, 10), ("v1", "mouse1", "mouse2", "sniff", 10, 12),
+                     ("v1", "mouse2", "mouse1", "sniff", 0, 10)])
+    assert mabe_score(sol, ok) == 1.0
+
+
+def test_non_whitelisted_rows_are_ignored_even_when_overlapping():
+    sol = solution([("v1", "mouse1", "mouse2", "attack", 0, 10)], WL)
+    sub = submission([("v1", "mouse1", "mouse2", "attack", 0, 10), ("v1", "mouse1", "mouse2", "chase", 0, 10),
+                      ("v1", "mouse2", "mouse1", "attack", 0, 50)])
+    assert mabe_score(sol, sub) == 1.0
+
+
+def test_false_positive_of_action_absent_from_lab_truth_changes_nothing():
+    wl = {"v1": ["mouse1,mouse2,attack", "mouse1,mouse2,mount"]}
+    sol = solution([("v1", "mouse1", "mouse2", "attack", 0, 10)], wl)
+    base = mabe_score(sol, submission([("v1", "mouse1", "mouse2", "attack", 0, 5)]))
+    more = mabe_score(sol, submission([("v1", "mouse1", "mouse2", "attack", 0, 5),
+                                       ("v1", "mouse1", "mouse2", "mount", 20, 80)]))
+    assert base == more == pytest.approx(2 * 5 / (2 * 5 + 5))
+
+
+def test_unknown_videos_dropped_and_id_spellings_equivalent():
+    wl = {"v1": ["mouse1,self,rear", "mouse1,mouse2,attack"]}
+    sol = solution([("v1", 1, 1, "rear", 0, 10), ("v1", "mouse1", "mouse2", "attack", 5, 15)], wl)
+    sub = submission([("v1", "mouse1", "self", "rear", 0, 10), ("v1", "1", "2", "attack", 5, 15),
+                      ("v9", "mouse1", "mouse2", "attack", 0, 100)])
+    assert mabe_score(sol, sub) == 1.0
+
+
+def test_videos_table_supplies_lab_and_whitelist():
+    sol = pd.DataFrame([(44, 1, 2, "attack", 0, 10)], columns=COLS)
+    videos = pd.DataFrame({"video_id": [44], "lab_id": ["L"], "behaviors_labeled": [json.dumps(["mouse1,mouse2,attack"])]})
+    assert mabe_score(sol, submission([("44", "mouse1", "mouse2", "attack", 0, 10)]), videos=videos) == 1.0
+
+
+@pytest.mark.parametrize(
+    "sol_rows, sub_rows, match",
+    [
+        ([], [("v1", "mouse1", "mouse2", "attack", 0, 10)], "empty solution"),
+        ([("v1", "mouse1", "mouse2", "attack", 0, 10)], [], "empty submission"),
+        ([("v1", "mouse1", "mouse2", "attack", 0, 10)], [("v1", "m1", "mouse2", "attack", 0, 10)], "id 'm1'"),
+        ([("v1", "mouse1", "mouse2", "attack", 0, 10)], [("v1", "mouse1", "mouse2", "attack", 0.5, 10)], "whole numbers"),
+    ],
+)
+def test_errors(sol_rows, sub_rows, match):
+    sol = solution(sol_rows, WL) if sol_rows else pd.DataFrame(columns=COLS + ["lab_id", "behaviors_labeled"])
+    with pytest.raises(ValueError, match=match):
+        mabe_score(sol, submission(sub_rows) if sub_rows else pd.DataFrame(columns=COLS))
+
+
+def test_missing_column_is_an_error():
+    sol = solution([("v1", "mouse1", "mouse2", "attack", 0, 10)], WL)
+    with pytest.raises(ValueError, match="submission: missing column 'action'"):
+        mabe_score(sol, submission([("v1", "mouse1", "mouse2", "attack", 0, 10)]).drop(columns="action"))
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def reference_score(sol: pd.DataFrame, sub: pd.DataFrame) -> float:
+    """A literal, set-based reading of FORMATS.md (slow, for small random cases)."""
+    truth = defaultdict(set)
+    for r in sol.itertuples():
+        truth[(r.video_id, r.agent_id, r.target_id, r.action)] |= set(range(r.start_frame, r.stop_frame))
+    white = {r.video_id: set(json.loads(r.behaviors_labeled)) for r in sol.itertuples()}
+    lab_of = dict(zip(sol.video_id, sol.lab_id, strict=True))
+    pred = defaultdict(set)
+    for r in sub.itertuples():
+        if r.video_id in white and f"{r.agent_id},{r.target_id},{r.action}" in white[r.video_id]:
+            pred[(r.video_id, r.agent_id, r.target_id, r.action)] |= set(range(r.start_frame, r.stop_frame))
+    scores = []
+    for lab in sorted(set(sol.lab_id)):
+        actions = sorted({k[3] for k in truth if lab_of[k[0]] == lab})
+        f1s = []
+        for act in actions:
+            tp = fp = fn = 0
+            for k in set(truth) | set(pred):
+                if k[3] == act and lab_of.get(k[0]) == lab:
+                    tp += len(truth[k] & pred[k])
+                    fp += len(pred[k] - truth[k])
+                    fn += len(truth[k] - pred[k])
+            f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+        scores.append(np.mean(f1s))
+    return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matches_set_based_reference_on_random_cases(seed):
+    rng = np.random.default_rng(seed)
+    acts = ["attack", "sniff", "mount"]
+    pairs = [("mouse1", "mouse2"), ("mouse2", "mouse1"), ("mouse1", "self")]
+    sol_rows, wl, lab = [], {}, {}
+    for v in range(4):
+        vid = f"v{v}"
+        lab[vid] = f"lab{v % 2}"
+        wl[vid] = [f"{a},{t},{act}" for a, t in pairs for act in acts if rng.random() < 0.6] or ["mouse1,mouse2,attack"]
+        for _ in range(6):
+            a, t, act = wl[vid][rng.integers(len(wl[vid]))].split(",")
+            s = int(rng.integers(0, 80))
+            sol_rows.append((vid, a, t, act, s, s + int(rng.integers(1, 25))))
+    sub_rows = []
+    for vid in wl:  # one action per pair and frame block so that the submission is valid
+        for a, t in pairs + [("mouse2", "self")]:
+            for block in range(0, 100, 10):
+                if rng.random() < 0.5:
+                    sub_rows.append((vid, a, t, acts[rng.integers(3)], block, block + int(rng.integers(1, 11))))
+    sol = solution(sol_rows, wl, lab=lab)
+    sub = submission(sub_rows)
+    assert mabe_score(sol, sub) == pytest.approx(reference_score(sol, sub))
+
+
+def test_frame_scores_unchanged():
+    out = frame_scores(np.array([0, 1, 1, -1]), np.array([0, 1, 0, 1]), ["other", "attack"])
+    assert out["frames"] == 3 and out["f1"]["attack"] == pytest.approx(2 / 3)

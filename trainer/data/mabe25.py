@@ -1,0 +1,411 @@
+"""MABe 2025 (Kaggle "Social Action Recognition in Mice") reader.
+
+Layout (train; the test layout has `test.csv` + `test_tracking/` and no annotations):
+
+    <root>/train.csv                                   one row per video
+    <root>/train_tracking/<lab_id>/<video_id>.parquet  video_frame, mouse_id, bodypart, x, y
+    <root>/train_annotation/<lab_id>/<video_id>.parquet agent_id, target_id, action,
+                                                        start_frame, stop_frame (stop exclusive)
+
+`data.path` may be the root, the csv itself, or one tracking parquet (its row is looked up
+in `<root>/<split>.csv`). Samples are ordered (agent, target) pairs including self
+(target == agent). Only the triples of a video's `behaviors_labeled` were annotated:
+`label_mask[p, c]` is True exactly for those (plus the background of every pair that has
+any), every frame of a pair without any labelled action is -1, and the loss/metric must
+ignore masked classes instead of counting them as negatives. Train videos without any
+`behaviors_labeled` (unannotated extra data) are skipped with a log line.
+
+Tracking is pivoted with numpy indexing (no loop over rows); one video is read at a time,
+so a lab is never held in memory twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from trainer.data.common import check_tracking, class_list, clip_intervals, paint_pair
+from trainer.data.recording import UNLABELLED, DataError, Recording
+
+log = logging.getLogger(__name__)
+
+TRACKING_COLUMNS = ["video_frame", "mouse_id", "bodypart", "x", "y"]
+ANNOTATION_COLUMNS = ["agent_id", "target_id", "action", "start_frame", "stop_frame"]
+VIDEO_COLUMNS = ["lab_id", "video_id", "frames_per_second"]
+SUBMISSION_COLUMNS = ["row_id", "video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame"]
+
+
+def read_mabe25(path: str, *, data, fps: float) -> list[Recording]:
+    """Read a MABe-2025 train or test layout into one Recording per video.
+
+    Args:
+        path: dataset root, `train.csv`/`test.csv`, or one `*_tracking/<lab>/<video>.parquet`.
+        data: DataConfig (uses background_class, behaviors, labs). An explicit
+            `data.behaviors` selects actions: other whitelisted actions and their bouts are
+            ignored (logged), so a model can be trained on (or predict) a subset.
+        fps: ignored; every video's fps comes from the csv (`frames_per_second`).
+
+    Returns:
+        Recordings with keypoints (T, M, B, 2) pixels (T = last tracked frame + 1, frames
+        missing for a mouse are NaN), mouse_ids "mouse<N>", pairs (agent, target) of the
+        video's `behaviors_labeled` (all ordered pairs incl. self when it has none), labels
+        (T, P) or None (test), label_mask (P, C), and meta lab_id, pix_per_cm,
+        behaviors_labeled (canonical "mouseA,mouseB|self,action" strings), intervals
+        (the raw annotation table, clipped, for the official score).
+    """
+    root, split, csv_path, only_video = locate(path)
+    table = read_video_table(csv_path)
+    labs = [str(x) for x in getattr(data, "labs", []) or []]
+    if labs:
+        table = table[table["lab_id"].isin(labs)]
+        if table.empty:
+            raise DataError(f"{csv_path}: no video of data.labs={labs} in this file")
+    if only_video is not None:
+        table = table[table["video_id"] == only_video]
+        if table.empty:
+            raise DataError(f"{csv_path}: video '{only_video}' has no row in this file")
+    whitelists = {
+        row.video_id: parse_behaviors_labeled(row.behaviors_labeled, source=f"{csv_path} video {row.video_id}")
+        for row in table.itertuples(index=False)
+    }
+    actions = {a for wl in whitelists.values() for _, _, a in wl}
+    classes = class_list(actions, behaviors=list(data.behaviors), background=data.background_class)
+    if data.behaviors:
+        # an explicit class list selects actions: the others are not modelled (never negatives either)
+        dropped = sorted(actions - set(classes))
+        if dropped:
+            log.warning("mabe25: actions not in data.behaviors are ignored: %s", ", ".join(dropped))
+        whitelists = {v: [tr for tr in wl if tr[2] in classes] for v, wl in whitelists.items()}
+    annotated = split != "test"
+    if annotated:
+        keep = [bool(whitelists[v]) for v in table["video_id"]]
+        skipped = len(table) - sum(keep)
+        if skipped:
+            log.info("mabe25: %d video(s) without behaviors_labeled (of the chosen actions) skipped", skipped)
+        table = table[keep]
+        if table.empty:
+            raise DataError(f"{csv_path}: no video has behaviors_labeled (for data.behaviors), nothing to train on")
+    recs = []
+    for row in table.itertuples(index=False):
+        recs.append(_read_video(row, root, split, csv_path, whitelists[row.video_id], classes, annotated))
+    log.info("mabe25: read %d video(s) of %d lab(s) from %s", len(recs), table["lab_id"].nunique(), csv_path)
+    return recs
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def locate(path: str | Path) -> tuple[Path, str, Path, str | None]:
+    """(root, split, csv path, single video id or None) for a root, csv or tracking parquet."""
+    p = Path(path)
+    if not str(path) or not p.exists():
+        raise DataError(f"{p}: no such file or directory (point data.path at the MABe-2025 root)")
+    if p.is_file() and p.suffix == ".parquet":
+        # <root>/<split>_tracking/<lab>/<video>.parquet
+        m = re.fullmatch(r"(\w+)_tracking", p.parent.parent.name)
+        if not m:
+            raise DataError(f"{p}: a tracking file must sit in <root>/<split>_tracking/<lab_id>/")
+        root, split = p.parent.parent.parent, m.group(1)
+        csv_path = root / f"{split}.csv"
+        if not csv_path.is_file():
+            raise DataError(f"{p}: {csv_path} (one row per video: fps, behaviors_labeled) not found")
+        return root, split, csv_path, p.stem
+    if p.is_file():
+        if p.suffix != ".csv":
+            raise DataError(f"{p}: expected the MABe-2025 root, train.csv/test.csv or a tracking .parquet")
+        return p.parent, p.stem, p, None
+    for split in ("train", "test"):
+        if (p / f"{split}.csv").is_file() and (p / f"{split}_tracking").is_dir():
+            return p, split, p / f"{split}.csv", None
+    raise DataError(f"{p}: no train.csv + train_tracking/ (or test.csv + test_tracking/) in this directory")
+
+
+def read_video_table(csv_path: Path) -> pd.DataFrame:
+    """train.csv/test.csv with lab_id and video_id as strings; one-line errors for bad files."""
+    try:
+        table = pd.read_csv(csv_path, dtype={"lab_id": str, "video_id": str})
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{csv_path}: cannot parse as CSV ({str(e).splitlines()[0]})") from None
+    missing = [c for c in VIDEO_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{csv_path}: missing column '{missing[0]}' (a MABe-2025 train.csv/test.csv needs {VIDEO_COLUMNS})")
+    if table.empty:
+        raise DataError(f"{csv_path}: no video rows")
+    for col in ("behaviors_labeled", "body_parts_tracked", "pix_per_cm_approx"):
+        if col not in table.columns:
+            table[col] = None
+    return table
+
+
+def mouse_number(value, *, source: str) -> int:
+    """1 for 1, "1", "mouse1"; DataError otherwise."""
+    m = re.fullmatch(r"(?:mouse)?\s*(\d+)", str(value).strip())
+    if not m:
+        raise DataError(f"{source}: mouse id '{value}' is neither a number nor 'mouse<N>'")
+    return int(m.group(1))
+
+
+def triple_text(agent: int, target: int, action: str) -> str:
+    """The scorer's text form of a triple: "mouse1,mouse2,sniff" / "mouse1,self,rear"."""
+    return f"mouse{agent},{'self' if target == agent else f'mouse{target}'},{action}"
+
+
+def parse_behaviors_labeled(value, *, source: str) -> list[tuple[int, int, str]]:
+    """The JSON list of "agent,target,action" strings -> sorted unique (agent, target, action)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() in ("", "[]"):
+        return []
+    items = value
+    if isinstance(value, str):
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError:
+            raise DataError(f"{source}: behaviors_labeled is not a JSON list of \"agent,target,action\"") from None
+    out = set()
+    for item in items:
+        parts = [s.strip() for s in str(item).split(",")]
+        if len(parts) != 3:
+            raise DataError(f"{source}: behaviors_labeled entry '{item}' is not \"agent,target,action\"")
+        agent = mouse_number(parts[0], source=source)
+        target = agent if parts[1] == "self" else mouse_number(parts[1], source=source)
+        out.add((agent, target, parts[2]))
+    return sorted(out)
+
+
+# --------------------------------------------------------------------------- one video
+
+
+def _float_or_none(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) and f > 0 else None
+
+
+def _read_video(row, root, split, csv_path, whitelist, classes, annotated) -> Recording:
+    vid, lab = str(row.video_id), str(row.lab_id)
+    fps = _float_or_none(row.frames_per_second)
+    if fps is None:
+        raise DataError(f"{csv_path}: video {vid} has no valid frames_per_second ({row.frames_per_second!r})")
+    track_file = root / f"{split}_tracking" / lab / f"{vid}.parquet"
+    order = []
+    if isinstance(row.body_parts_tracked, str) and row.body_parts_tracked.strip():
+        try:
+            order = [str(b) for b in json.loads(row.body_parts_tracked)]
+        except json.JSONDecodeError:
+            raise DataError(f"{csv_path}: video {vid}: body_parts_tracked is not a JSON list") from None
+    kp, numbers, bodyparts = read_tracking(track_file, bodypart_order=order)
+    mouse_ids = [f"mouse{n}" for n in numbers]
+    check_tracking(kp, mouse_ids, source=track_file)
+    T = kp.shape[0]
+    for a, t, _ in whitelist:
+        for n in (a, t):
+            if n not in numbers:
+                raise DataError(
+                    f"{track_file}: behaviors_labeled names mouse{n} but the tracking has no rows for it "
+                    f"(tracked: {', '.join(mouse_ids)}); fix {csv_path} or the tracking"
+                )
+    ann = None
+    if annotated:
+        ann_file = root / f"{split}_annotation" / lab / f"{vid}.parquet"
+        ann = read_annotation(ann_file, T=T, numbers=set(numbers))
+        full = ann  # the official score counts every annotated action, modelled or not
+        unknown = ~ann["action"].isin(classes)
+        if unknown.any():
+            log.warning("%s: %d bout(s) of actions outside the class list ignored (e.g. %s)",
+                        ann_file, int(unknown.sum()), ann["action"][unknown].iloc[0])
+            ann = ann[~unknown].reset_index(drop=True)
+        wl = set(whitelist)
+        extra = [tr for tr in zip(ann["agent_id"], ann["target_id"], ann["action"], strict=True) if tr not in wl]
+        if extra:
+            # the bout was annotated, so the action is known for that pair: keep it as labelled
+            log.warning(
+                "%s: %d annotated bout(s) outside behaviors_labeled (e.g. %s); counted as labelled",
+                ann_file, len(extra), triple_text(*extra[0]),
+            )
+    index = {n: i for i, n in enumerate(numbers)}
+    ann_pairs = set() if ann is None else set(zip(ann["agent_id"], ann["target_id"], strict=True))
+    pair_nums = sorted({(a, t) for a, t, _ in whitelist} | ann_pairs) or [(a, t) for a in numbers for t in numbers]
+    pairs = [(index[a], index[t]) for a, t in pair_nums]
+    mask = np.zeros((len(pairs), len(classes)), dtype=bool)
+    pidx = {pn: p for p, pn in enumerate(pair_nums)}
+    for a, t, act in whitelist:
+        mask[pidx[(a, t)], classes.index(act)] = True
+    meta = {
+        "format": "mabe25",
+        "lab_id": lab,
+        "split": split,
+        "pix_per_cm": _float_or_none(row.pix_per_cm_approx),
+        "behaviors_labeled": [triple_text(a, t, act) for a, t, act in whitelist],
+        "source": str(track_file),
+    }
+    for key in ("video_width_pix", "video_height_pix", "arena_width_cm", "arena_height_cm", "arena_shape"):
+        if hasattr(row, key):
+            meta[key] = getattr(row, key)
+    labels = None
+    if ann is not None:
+        labels = np.empty((T, len(pairs)), dtype=np.int64)
+        cls_idx = np.array([classes.index(a) for a in ann["action"]], dtype=np.int64)
+        agents, targets = ann["agent_id"].to_numpy(), ann["target_id"].to_numpy()
+        starts, stops = ann["start_frame"].to_numpy(), ann["stop_frame"].to_numpy()
+        for p, (a, t) in enumerate(pair_nums):
+            sel = np.flatnonzero((agents == a) & (targets == t))
+            ivs = [(int(starts[i]), int(stops[i]), int(cls_idx[i])) for i in sel]
+            mask[p, cls_idx[sel]] = True
+            mask[p, 0] = mask[p, 1:].any()  # background is known wherever any action was labelled
+            fill = 0 if mask[p, 0] else UNLABELLED
+            labels[:, p] = paint_pair(T, ivs, fill=fill, source=ann_file, pair=f"mouse{a}->mouse{t}")
+        meta["intervals"] = full
+        meta["annotation_source"] = str(ann_file)
+    else:
+        mask[:, 0] = mask[:, 1:].any(axis=1)
+    return Recording(
+        video_id=vid,
+        keypoints=kp,
+        fps=fps,
+        mouse_ids=mouse_ids,
+        bodyparts=bodyparts,
+        pairs=pairs,
+        labels=labels,
+        class_names=list(classes),
+        meta=meta,
+        label_mask=mask,
+    )
+
+
+def read_tracking(file: Path, *, bodypart_order: list[str] | None = None) -> tuple[np.ndarray, list[int], list[str]]:
+    """Pivot one long-format tracking parquet into keypoints.
+
+    Args:
+        file: `<split>_tracking/<lab>/<video>.parquet` with columns video_frame, mouse_id,
+            bodypart, x, y (pixels).
+        bodypart_order: preferred body-part order (the csv's body_parts_tracked); parts in
+            the file but not in the list follow in sorted order.
+
+    Returns:
+        (keypoints (T, M, B, 2) float32 with NaN where a mouse/part is missing in a frame,
+        sorted mouse numbers (M,), body-part names (B,)).
+    """
+    import pyarrow.parquet as pq
+
+    if not file.is_file():
+        raise DataError(f"{file}: tracking file not found")
+    try:
+        names = pq.read_schema(file).names
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for corrupt files
+        raise DataError(f"{file}: cannot read as parquet ({type(e).__name__}: {e})") from None
+    missing = [c for c in TRACKING_COLUMNS if c not in names]
+    if missing:
+        raise DataError(f"{file}: missing column '{missing[0]}' (tracking needs {TRACKING_COLUMNS})")
+    tab = pq.read_table(file, columns=TRACKING_COLUMNS, read_dictionary=["bodypart"])
+    if tab.num_rows == 0:
+        raise DataError(f"{file}: video has no frames (empty tracking table)")
+    frames = tab.column("video_frame").to_numpy()
+    if not np.issubdtype(frames.dtype, np.integer):
+        if np.isnan(frames).any() or (frames != np.round(frames)).any():
+            raise DataError(f"{file}: video_frame holds non-integer values")
+        frames = frames.astype(np.int64)
+    if frames.min() < 0:
+        raise DataError(f"{file}: negative video_frame {int(frames.min())}")
+    mice_raw = tab.column("mouse_id").to_pandas()
+    if pd.api.types.is_integer_dtype(mice_raw):
+        mice_num = mice_raw.to_numpy()
+    else:  # "mouse1" strings: map the few unique values, then index
+        uniq = pd.unique(mice_raw)
+        lut = {u: mouse_number(u, source=str(file)) for u in uniq}
+        mice_num = mice_raw.map(lut).to_numpy()
+    numbers, m_idx = np.unique(mice_num, return_inverse=True)
+    bp = tab.column("bodypart").combine_chunks()
+    bp_names = [str(s) for s in bp.dictionary.to_pylist()]
+    codes = bp.indices.to_numpy(zero_copy_only=False)
+    order = [b for b in (bodypart_order or []) if b in set(bp_names)]
+    bodyparts = order + sorted(set(bp_names) - set(order))
+    code_to_b = np.array([bodyparts.index(n) for n in bp_names], dtype=np.int64)
+    b_idx = code_to_b[codes]
+    T = int(frames.max()) + 1
+    kp = np.full((T, len(numbers), len(bodyparts), 2), np.nan, dtype=np.float32)
+    kp[frames, m_idx, b_idx, 0] = tab.column("x").to_numpy(zero_copy_only=False)
+    kp[frames, m_idx, b_idx, 1] = tab.column("y").to_numpy(zero_copy_only=False)
+    return kp, [int(n) for n in numbers], bodyparts
+
+
+def read_annotation(file: Path, *, T: int, numbers: set) -> pd.DataFrame:
+    """One annotation parquet -> DataFrame(agent_id, target_id, action, start_frame, stop_frame).
+
+    Ids are mouse numbers (int); intervals past the end of tracking (T frames) are clipped
+    and reported; rows whose agent/target has no tracking are an error.
+    """
+    if not file.is_file():
+        raise DataError(f"{file}: annotation file not found (the video has behaviors_labeled in the csv)")
+    try:
+        ann = pd.read_parquet(file)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{file}: cannot read as parquet ({type(e).__name__}: {e})") from None
+    missing = [c for c in ANNOTATION_COLUMNS if c not in ann.columns]
+    if missing:
+        raise DataError(f"{file}: missing column '{missing[0]}' (annotations need {ANNOTATION_COLUMNS})")
+    ann = ann[ANNOTATION_COLUMNS].copy()
+    if ann.empty:
+        return ann.astype({"agent_id": int, "target_id": int, "start_frame": int, "stop_frame": int})
+    for col in ("agent_id", "target_id"):
+        if pd.api.types.is_integer_dtype(ann[col]):
+            ann[col] = ann[col].astype(np.int64)
+        else:  # "mouse1" / "1" spellings; annotation tables are small, a comprehension is fine
+            ann[col] = [mouse_number(v, source=str(file)) for v in ann[col]]
+    ann["action"] = ann["action"].astype(str)
+    for col in ("start_frame", "stop_frame"):
+        v = pd.to_numeric(ann[col], errors="coerce")
+        if v.isna().any():
+            raise DataError(f"{file}: row {int(v.isna().to_numpy().argmax())}: {col} is not a number")
+        ann[col] = v.astype(np.int64)
+    bad = (ann["start_frame"] < 0) | (ann["stop_frame"] <= ann["start_frame"])
+    if bad.any():
+        i = int(bad.to_numpy().argmax())
+        raise DataError(
+            f"{file}: row {i}: interval [{ann['start_frame'].iat[i]}, {ann['stop_frame'].iat[i]}) "
+            "is empty or negative (need 0 <= start_frame < stop_frame)"
+        )
+    for col in ("agent_id", "target_id"):
+        unknown = set(ann[col].unique()) - numbers
+        if unknown:
+            raise DataError(f"{file}: {col} mouse{min(unknown)} has no tracking in this video")
+    ivs = clip_intervals(
+        list(zip(ann["start_frame"].tolist(), ann["stop_frame"].tolist(), range(len(ann)), strict=True)),
+        T,
+        source=file,
+    )
+    keep = [i for _, _, i in ivs]
+    ann = ann.iloc[keep].copy()
+    ann["stop_frame"] = [e for _, e, _ in ivs]
+    return ann.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- solution table
+
+
+def solution_frame(recs: list[Recording]) -> pd.DataFrame:
+    """Ground-truth intervals of mabe25 recordings in the scorer's form.
+
+    Returns a DataFrame with video_id, agent_id, target_id ("mouse<N>" / "self"), action,
+    start_frame, stop_frame, lab_id, behaviors_labeled (JSON list) - the input
+    `trainer.metrics.mabe_score` expects as `solution`. Uses the raw annotation table
+    (meta["intervals"]), so overlapping truth bouts are scored as annotated.
+    """
+    rows = []
+    for r in recs:
+        ivs = r.meta.get("intervals")
+        if ivs is None:
+            continue
+        bl = json.dumps(r.meta.get("behaviors_labeled", []))
+        for a, t, act, s, e in ivs[ANNOTATION_COLUMNS].itertuples(index=False):
+            rows.append((r.video_id, f"mouse{a}", "self" if a == t else f"mouse{t}", act, int(s), int(e),
+                         r.meta.get("lab_id", ""), bl))
+    return pd.DataFrame(
+        rows, columns=["video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame", "lab_id",
+                       "behaviors_labeled"],
+    )

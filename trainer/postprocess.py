@@ -1,0 +1,331 @@
+"""From per-frame class probabilities to clean labels and intervals (and a Kaggle submission).
+
+Typical chain for one (video, pair), probabilities (T, C) with the background at index 0:
+
+    p = smooth_probs(p, window=5)                          # temporal smoothing
+    y = apply_thresholds(p, thresholds, background=0)      # thresholds fitted on validation
+    y = fill_gaps(y, max_gap=3, background=0)              # bridge short dropouts
+    y = remove_short_bouts(y, min_length=3, background=0)  # drop flickers
+    ivs = frames_to_intervals(y, background=0)             # [(class, start, stop)], stop exclusive
+
+`postprocess_probs` runs the whole chain; `PostprocessSettings` holds its parameters (saved
+as `postprocess.json` next to a checkpoint by `python -m trainer.evaluate --fit-postprocess`
+and used by `python -m trainer.predict`). `mabe_submission` turns per-frame labels of
+mabe25 recordings into the Kaggle CSV (only whitelisted triples, one action per pair and
+frame by construction).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from trainer.data.common import paint_intervals
+from trainer.data.recording import UNLABELLED, DataError, Recording
+
+# --------------------------------------------------------------------------- runs and intervals
+
+
+def runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximal runs of equal values in (T,) labels: (starts, stops, values); stops exclusive."""
+    y = np.asarray(labels)
+    if y.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, y[:0]
+    change = np.flatnonzero(y[1:] != y[:-1]) + 1
+    starts = np.concatenate([[0], change])
+    stops = np.concatenate([change, [len(y)]])
+    return starts, stops, y[starts]
+
+
+def frames_to_intervals(labels: np.ndarray, *, background: int = 0) -> list[tuple[int, int, int]]:
+    """(T,) int labels -> [(class, start_frame, stop_frame)] for every non-background run.
+
+    Frames labelled `background` or -1 (unlabelled) produce no interval; stop is exclusive,
+    as in the MABe-2025 format.
+    """
+    starts, stops, values = runs(labels)
+    keep = (values != background) & (values != UNLABELLED)
+    return [(int(v), int(s), int(e)) for s, e, v in zip(starts[keep], stops[keep], values[keep], strict=True)]
+
+
+def intervals_to_frames(
+    intervals: list[tuple[int, int, int]], num_frames: int, *, background: int = 0
+) -> np.ndarray:
+    """[(class, start, stop)] -> (T,) int64 labels; uncovered frames = `background`.
+
+    Overlaps follow the readers' rule (trainer/data/common.py): the later-starting bout wins.
+    """
+    ivs = [(max(0, s), min(num_frames, e), c) for c, s, e in intervals]
+    return paint_intervals(num_frames, ivs, fill=background)[0]
+
+
+# --------------------------------------------------------------------------- smoothing and thresholds
+
+
+def smooth_probs(probs: np.ndarray, *, window: int, method: str = "mean") -> np.ndarray:
+    """Centred moving mean or median over `window` frames of (T, C) probabilities.
+
+    Edges use the nearest frame's value as padding, so the output keeps shape (T, C) and
+    is not biased towards 0 at the ends. window <= 1 returns a copy.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    w = int(window)
+    if w <= 1 or len(p) == 0:
+        return p.copy()
+    lo, hi = (w - 1) // 2, w // 2
+    padded = np.concatenate([np.repeat(p[:1], lo, axis=0), p, np.repeat(p[-1:], hi, axis=0)])
+    if method == "mean":
+        c = np.concatenate([np.zeros((1, p.shape[1])), np.cumsum(padded, axis=0)])
+        return (c[w:] - c[:-w]) / w
+    if method == "median":
+        view = np.lib.stride_tricks.sliding_window_view(padded, w, axis=0)  # (T, C, w), no copy
+        return np.stack([np.median(view[:, k], axis=-1) for k in range(p.shape[1])], axis=1)
+    raise ValueError(f"smoothing method must be 'mean' or 'median', got {method!r}")
+
+
+def fit_thresholds(
+    probs: np.ndarray,
+    y_true: np.ndarray,
+    *,
+    background: int = 0,
+    grid: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-class probability thresholds that maximise each behaviour's frame F1 on validation.
+
+    Args:
+        probs: (N, C) predicted probabilities (validation frames, any pairs concatenated).
+        y_true: (N,) true labels; -1 frames are ignored.
+        background: background class index (its threshold is 0: never used).
+        grid: candidate thresholds; default 0.05, 0.10, ..., 0.95.
+
+    Returns:
+        (C,) thresholds; a behaviour absent from `y_true` keeps 0.5.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y_true)
+    keep = y != UNLABELLED
+    p, y = p[keep], y[keep]
+    grid = np.arange(0.05, 0.951, 0.05) if grid is None else np.asarray(grid, dtype=np.float64)
+    thr = np.full(p.shape[1], 0.5)
+    thr[background] = 0.0
+    for c in range(p.shape[1]):
+        if c == background or not (y == c).any():
+            continue
+        pos = y == c
+        pred = p[:, c][:, None] >= grid[None, :]  # (N, G)
+        tp = (pred & pos[:, None]).sum(0)
+        fp = (pred & ~pos[:, None]).sum(0)
+        fn = pos.sum() - tp
+        f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+        thr[c] = grid[int(np.argmax(f1))]  # first (lowest) threshold among ties
+    return thr
+
+
+def apply_thresholds(probs: np.ndarray, thresholds: np.ndarray, *, background: int = 0) -> np.ndarray:
+    """(T, C) probabilities -> (T,) labels with per-class thresholds.
+
+    A behaviour is a candidate on a frame when its probability reaches its threshold; the
+    candidate with the largest probability / threshold ratio wins; no candidate means
+    background. One label per frame, so a pair never gets two actions at once.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    thr = np.asarray(thresholds, dtype=np.float64)
+    ratio = p / np.maximum(thr, 1e-9)
+    ok = p >= thr
+    ok[:, background] = False
+    ratio = np.where(ok, ratio, -np.inf)
+    best = ratio.argmax(axis=1)
+    return np.where(ok.any(axis=1), best, background).astype(np.int64)
+
+
+def restrict_to_mask(probs: np.ndarray, class_mask: np.ndarray | None) -> np.ndarray:
+    """Zero the probabilities of classes not annotated/allowed for this pair ((C,) bool mask).
+
+    Used before thresholding for MABe-2025: predicting a non-whitelisted action would be
+    dropped by the scorer anyway, and could hide a whitelisted one on the same frame.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if class_mask is None or not np.asarray(class_mask).any():
+        return p.copy()
+    return np.where(np.asarray(class_mask, dtype=bool)[None, :], p, 0.0)
+
+
+# --------------------------------------------------------------------------- bout clean-up
+
+
+def fill_gaps(labels: np.ndarray, *, max_gap: int, background: int = 0) -> np.ndarray:
+    """Relabel background runs of <= max_gap frames lying between two runs of the same class."""
+    y = np.asarray(labels).copy()
+    if max_gap <= 0:
+        return y
+    starts, stops, values = runs(y)
+    for i in range(1, len(values) - 1):
+        if values[i] == background and stops[i] - starts[i] <= max_gap and values[i - 1] == values[i + 1] \
+                and values[i - 1] not in (background, UNLABELLED):
+            y[starts[i]:stops[i]] = values[i - 1]
+    return y
+
+
+def remove_short_bouts(labels: np.ndarray, *, min_length: int, background: int = 0) -> np.ndarray:
+    """Relabel behaviour runs shorter than `min_length` frames as background (-1 frames stay)."""
+    y = np.asarray(labels).copy()
+    if min_length <= 1:
+        return y
+    starts, stops, values = runs(y)
+    short = (stops - starts < min_length) & (values != background) & (values != UNLABELLED)
+    for s, e in zip(starts[short], stops[short], strict=True):
+        y[s:e] = background
+    return y
+
+
+def postprocess_probs(
+    probs: np.ndarray,
+    *,
+    thresholds: np.ndarray | None = None,
+    smooth_window: int = 1,
+    smooth_method: str = "mean",
+    max_gap: int = 0,
+    min_bout: int = 1,
+    background: int = 0,
+    class_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """The full chain for one (video, pair): (T, C) probabilities -> (T,) labels.
+
+    mask -> smooth -> thresholds (argmax when None) -> gap filling -> minimum bout length.
+    """
+    p = smooth_probs(restrict_to_mask(probs, class_mask), window=smooth_window, method=smooth_method)
+    y = p.argmax(axis=1).astype(np.int64) if thresholds is None else apply_thresholds(p, thresholds, background=background)
+    y = fill_gaps(y, max_gap=max_gap, background=background)
+    return remove_short_bouts(y, min_length=min_bout, background=background)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _mouse_text(rec: Recording, m: int) -> str:
+    name = str(rec.mouse_ids[m])
+    return name if name.startswith("mouse") else f"mouse{m + 1}"
+
+
+def intervals_table(recs: list[Recording], labels: list[np.ndarray], *, background: int = 0) -> pd.DataFrame:
+    """Interval table of every format: video_id, agent, target, action, start_frame, stop_frame.
+
+    Args:
+        recs: the recordings predicted.
+        labels: per recording (T, P) int labels (one column per pair, as rec.pairs).
+    """
+    rows = []
+    for rec, y in zip(recs, labels, strict=True):
+        y = np.asarray(y).reshape(rec.num_frames, -1)
+        for p, (a, t) in enumerate(rec.pairs):
+            for c, s, e in frames_to_intervals(y[:, p], background=background):
+                rows.append((rec.video_id, rec.mouse_ids[a], rec.mouse_ids[t], rec.class_names[c], s, e))
+    return pd.DataFrame(rows, columns=["video_id", "agent", "target", "action", "start_frame", "stop_frame"])
+
+
+def mabe_submission(recs: list[Recording], labels: list[np.ndarray], *, background: int = 0) -> pd.DataFrame:
+    """Kaggle MABe-2025 submission from per-frame labels of mabe25 recordings.
+
+    Args:
+        recs: mabe25 recordings (meta["behaviors_labeled"] lists the whitelisted triples).
+        labels: per recording (T, P) int labels, one column per rec.pairs entry.
+
+    Returns:
+        DataFrame row_id, video_id, agent_id, target_id, action, start_frame, stop_frame;
+        ids written `mouse<N>`, target `self` when it is the agent; only triples in the
+        video's behaviors_labeled (all triples when it has none); no two actions of one
+        pair share a frame because each pair has one label per frame.
+    """
+    rows = []
+    for rec, y in zip(recs, labels, strict=True):
+        y = np.asarray(y).reshape(rec.num_frames, -1)
+        allowed = set(rec.meta.get("behaviors_labeled") or [])
+        for p, (a, t) in enumerate(rec.pairs):
+            agent = _mouse_text(rec, a)
+            target = "self" if a == t else _mouse_text(rec, t)
+            for c, s, e in frames_to_intervals(y[:, p], background=background):
+                action = rec.class_names[c]
+                if allowed and f"{agent},{target},{action}" not in allowed:
+                    continue
+                rows.append((rec.video_id, agent, target, action, s, e))
+    df = pd.DataFrame(rows, columns=["video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame"])
+    df.insert(0, "row_id", np.arange(len(df), dtype=np.int64))
+    return df
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass
+class PostprocessSettings:
+    """The post-processing of one model, saved as `postprocess.json` next to its checkpoint.
+
+    thresholds: {class name: probability threshold} (empty = plain argmax);
+    smooth_window / smooth_method: temporal smoothing of probabilities (frames; mean|median);
+    max_gap: background gaps of <= max_gap frames inside a bout are filled;
+    min_bout: bouts shorter than min_bout frames become background.
+    """
+
+    thresholds: dict = field(default_factory=dict)
+    smooth_window: int = 1
+    smooth_method: str = "mean"
+    max_gap: int = 0
+    min_bout: int = 1
+
+    @classmethod
+    def load(cls, path: str | Path) -> PostprocessSettings:
+        try:
+            raw = json.loads(Path(path).read_text())
+            return cls(**raw)
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise DataError(f"{path}: not a valid postprocess.json ({type(e).__name__}: {e})") from None
+
+    def save(self, path: str | Path) -> None:
+        tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    def threshold_array(self, class_names: list[str]) -> np.ndarray | None:
+        """(C,) thresholds in class order, or None for argmax; missing classes get 0.5."""
+        if not self.thresholds:
+            return None
+        return np.array([float(self.thresholds.get(c, 0.5)) for c in class_names])
+
+    def apply(self, probs: np.ndarray, class_names: list[str], *, background: int = 0,
+              class_mask: np.ndarray | None = None) -> np.ndarray:
+        """(T, C) probabilities of one (video, pair) -> (T,) labels."""
+        return postprocess_probs(
+            probs, thresholds=self.threshold_array(class_names), smooth_window=self.smooth_window,
+            smooth_method=self.smooth_method, max_gap=self.max_gap, min_bout=self.min_bout,
+            background=background, class_mask=class_mask,
+        )
+
+
+def fit_settings(
+    probs: list[np.ndarray],
+    y_true: list[np.ndarray],
+    class_names: list[str],
+    *,
+    background: int = 0,
+    smooth_window: int = 1,
+    smooth_method: str = "mean",
+    max_gap: int = 0,
+    min_bout: int = 1,
+) -> PostprocessSettings:
+    """Fit per-class thresholds on validation sequences (after the given smoothing).
+
+    Args:
+        probs: per (video, pair) sequence, (T, C) probabilities.
+        y_true: per sequence, (T,) true labels (-1 ignored).
+    """
+    smoothed = np.concatenate([smooth_probs(p, window=smooth_window, method=smooth_method) for p in probs])
+    thr = fit_thresholds(smoothed, np.concatenate(y_true), background=background)
+    return PostprocessSettings(
+        thresholds={c: float(t) for i, (c, t) in enumerate(zip(class_names, thr, strict=True)) if i != background},
+        smooth_window=smooth_window, smooth_method=smooth_method, max_gap=max_gap, min_bout=min_bout,
+    )
