@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import importlib.util
 import json
 import logging
 import os
@@ -419,6 +420,7 @@ def max_epochs(sweep: Sweep) -> int:
 
 def make_tuner(sweep: Sweep, trainable, *, num_samples: int, scheduler: str, search: str, max_concurrent: int,
                resources: dict, reuse_actors: bool):
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     epochs = max_epochs(sweep)
@@ -450,6 +452,7 @@ def make_tuner(sweep: Sweep, trainable, *, num_samples: int, scheduler: str, sea
             name=sweep.name, storage_path=sweep.storage,
             failure_config=ray_tune.FailureConfig(max_failures=0),  # an errored trial stays errored; others go on
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],  # not Ray's own TensorBoard files: see run_sweep
             verbose=1,
         ),
     )
@@ -459,6 +462,12 @@ def run_sweep(sweep: Sweep, *, backend: Callable | None = None, resume: bool = F
               scheduler: str = "asha", search: str = "random", max_concurrent: int = 0, cpus_per_trial: float = 1.0,
               gpus_per_trial: float = 0.0) -> list[dict]:
     """Run (or continue) `sweep`; returns the trial table sorted by val macro F1 and writes best.yaml."""
+    # TensorBoard logs come from the trainer (runs/<trial>/tb, with hparams); Ray's own copies would
+    # show every trial twice in `tensorboard --logdir <sweep>`
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # num_to_keep=1 snapshots the experiment state at every checkpoint, as resume needs; with epochs of
+    # seconds (smoke tests) Ray would warn about that on every epoch
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = (backend or BACKENDS[sweep.backend])(sweep)
     resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
     # a local trial reuses its predecessor's worker (no new process, no second torch import)
@@ -589,6 +598,8 @@ def new_sweep(args: argparse.Namespace) -> Sweep:
     for k in [k for k in pins if k in space_raw]:
         log.info("%s=%s pins a key of the search space: not swept", k, pins[k])
         del space_raw[k]
+    if args.backend == "modal" and importlib.util.find_spec("modal_cluster") is None:
+        raise ConfigError("--backend modal needs modal_cluster.py next to tune.py and `pip install -e .[modal]`")
     storage = str(Path(args.storage).resolve())
     name = args.name or f"{'smoke' if args.smoke_test else 'sweep'}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (Path(storage) / name / "sweep.json").exists():
@@ -648,8 +659,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     init_ray()
     gpus = opts["gpus_per_trial"]
-    if gpus is None:
-        gpus = 1.0 if sweep.backend == "local" and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    if sweep.backend != "local":
+        gpus = 0.0  # the GPU is remote (--gpu); the local actor only waits for its epochs
+    elif gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     log.info("sweep %s: %s trials of %s over %s (%s, %s), trial runs in %s", sweep.name, opts["num_samples"],
              sweep.base["model_type"], sweep.space_path, opts["scheduler"], opts["search"], sweep.runs_dir)
     rows = run_sweep(sweep, resume=args.resume, num_samples=opts["num_samples"], scheduler=opts["scheduler"],

@@ -109,9 +109,10 @@ def test_bad_spaces_fail_before_anything_runs(raw, message):
 def test_cli_rejects_an_unknown_key_without_starting_ray(tmp_path, caplog):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lerning_rate: {loguniform: [1.0e-4, 1.0e-2]}\n")
+    ray_was_up = ray.is_initialized()
     assert tune.main(["--space", str(bad), "--storage", str(tmp_path / "sweeps")]) == 2
     assert "did you mean 'learning_rate'" in caplog.text
-    assert not (tmp_path / "sweeps").exists() and not ray.is_initialized()
+    assert not (tmp_path / "sweeps").exists() and ray.is_initialized() == ray_was_up
 
 
 def test_user_errors_survive_the_trip_from_a_trial_worker():
