@@ -301,7 +301,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _runs_served(port: int, want: set[str], wait_s: float = 20.0) -> set[str]:
+def _runs_served(port: int, want: set[str], wait_s: float = 60.0) -> set[str]:
     deadline, seen = time.monotonic() + wait_s, set()
     while time.monotonic() < deadline and not want <= seen:
         try:
