@@ -86,7 +86,8 @@ PINNED = (
 
 def _project_image() -> modal.Image:
     """debian-slim + Python 3.11 + the pinned dependencies + this repository's code and YAMLs."""
-    image = modal.Image.debian_slim(python_version="3.11").pip_install(*PINNED)
+    image = (modal.Image.debian_slim(python_version="3.11").pip_install(*PINNED)
+             .env({"TQDM_MININTERVAL": "60"}))  # progress bars: one update a minute in `modal app logs`
     for folder in ("configs", "search_spaces", "benchmarks"):  # not every checkout has all three yet
         if (ROOT / folder).is_dir():
             image = image.add_local_dir(ROOT / folder, f"/root/{folder}",
