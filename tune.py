@@ -658,6 +658,10 @@ def new_sweep(args: argparse.Namespace) -> Sweep:
         del space_raw[k]
     if args.backend == "modal" and importlib.util.find_spec("modal_cluster") is None:
         raise ConfigError("--backend modal needs modal_cluster.py next to tune.py and `pip install -e .[modal]`")
+    if args.backend == "modal":  # no token: say so once, before Ray starts, not once per trial
+        import modal_cluster
+
+        modal_cluster.require_token()  # ModalSetupError is a ConfigError: one line, exit 2
     storage = str(Path(args.storage).resolve())
     name = args.name or f"{'smoke' if args.smoke_test else 'sweep'}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (Path(storage) / name / "sweep.json").exists():
