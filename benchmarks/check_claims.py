@@ -42,9 +42,13 @@ def load_records(paths: list[str | Path] | None = None) -> list[dict]:
     records = []
     for f in files:
         try:
-            records += json.loads(f.read_text())
+            data = json.loads(f.read_text())
         except (OSError, json.JSONDecodeError) as e:
             print(f"warning: skipping {f}: {e}", file=sys.stderr)
+            continue
+        # harness files are lists of records; other result files (e.g. the tune sweep summary) are not
+        if isinstance(data, list):
+            records += [r for r in data if isinstance(r, dict)]
     return records
 
 
