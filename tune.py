@@ -691,6 +691,8 @@ def init_ray() -> None:
     """Connect to RAY_ADDRESS if set (a cluster started with `ray start`), else start Ray on this machine."""
     if ray.is_initialized():
         return
+    # trials' tqdm bars would interleave in this console; workers inherit this, Tune's table shows progress
+    os.environ.setdefault("TQDM_DISABLE", "1")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
     else:

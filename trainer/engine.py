@@ -7,6 +7,7 @@ trainer/run.py; these two functions only do forward/backward/step and scoring.
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -90,6 +91,11 @@ def mixup(batch: dict, alpha: float, generator: torch.Generator) -> tuple[dict, 
 # ----------------------------------------------------------------------------- loop
 
 
+def _bars_off(accelerator) -> bool:
+    """Progress bars on the local main process only; TQDM_DISABLE=1 (e.g. Ray Tune trials) hides them."""
+    return not accelerator.is_local_main_process or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+
+
 def train_one_epoch(
     model,
     loader,
@@ -117,7 +123,7 @@ def train_one_epoch(
     window = torch.zeros((), device=accelerator.device)
     n_batches, samples, t0 = 0, 0, time.perf_counter()
     bar = tqdm(
-        loader, desc=f"epoch {epoch}/{total_epochs or '?'}", leave=False, dynamic_ncols=True, disable=not accelerator.is_local_main_process
+        loader, desc=f"epoch {epoch}/{total_epochs or '?'}", leave=False, dynamic_ncols=True, disable=_bars_off(accelerator)
     )
     for step, batch in enumerate(bar):
         batch, other, lam = mixup(batch, mixup_alpha, gen)
@@ -167,7 +173,7 @@ def predict_logits(model, loader, accelerator, seqs: list[Sequence], *, num_clas
     """
     model.eval()
     stitcher = Stitcher(seqs, num_classes, gap, length)
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
+    for batch in tqdm(loader, desc="eval", leave=False, disable=_bars_off(accelerator)):
         logits = model(batch["x"], batch["valid"]).float()
         logits, index = accelerator.gather_for_metrics((logits, batch["index"]))
         stitcher.add(logits.cpu().numpy(), index.cpu().numpy())
