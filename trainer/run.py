@@ -503,7 +503,8 @@ def train(
     finally:
         accelerator.end_training()
 
-    final = final_metrics(state, data.class_names, precision, time.perf_counter() - t_start, run_dir)
+    final = final_metrics(state, data.class_names, precision, time.perf_counter() - t_start, run_dir,
+                          run_dir / cfg.checkpoint_dir / "best")
     if main_proc:
         ckpt_io.write_json(run_dir / "metrics.json", final)
         report(accelerator, final)
@@ -580,7 +581,8 @@ def log_epoch(accelerator, writer, run_dir: Path, row: dict, ev: dict, class_nam
              epoch, row["train_loss"], row["val_loss"], row["val_macro_f1"], f1, row["it_per_s"])
 
 
-def final_metrics(state: dict, class_names, precision: str, wall: float, run_dir: Path) -> dict:
+def final_metrics(state: dict, class_names, precision: str, wall: float, run_dir: Path,
+                  best_checkpoint: Path) -> dict:
     best = state.get("best_scores") or {}
     return {
         "run_dir": str(run_dir),
@@ -595,7 +597,7 @@ def final_metrics(state: dict, class_names, precision: str, wall: float, run_dir
         "precision_used": precision,
         "train_time_s": state["wall_time_s"],
         "wall_time_s": wall,
-        "checkpoint": str(run_dir / "checkpoints" / "best"),
+        "checkpoint": str(best_checkpoint),
     }
 
 
