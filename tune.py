@@ -33,7 +33,15 @@ import ray
 import yaml
 from ray import tune as ray_tune
 
-from trainer.config import ConfigError, all_keys, config_to_yaml, flat_dict, make_config, parse_override
+from trainer.config import (
+    ConfigError,
+    all_keys,
+    config_to_yaml,
+    flat_dict,
+    load_yaml,
+    make_config,
+    parse_override,
+)
 
 log = logging.getLogger("tune")
 
@@ -224,16 +232,8 @@ def _parse_class_weights(space: Space, spec: dict, where: str) -> None:
 
 def read_space(path: str | Path) -> dict:
     """A search-space YAML as a mapping with dotted keys; one-line errors for missing/broken files."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"search space '{p}' not found (see search_spaces/)")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"search space '{p}': not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"search space '{p}': must be a mapping of config key: distribution")
-    return _flatten_space(raw, f"search space {p}", all_keys())
+    raw = load_yaml(path, kind="search space", hint=" (see search_spaces/)")
+    return _flatten_space(raw, f"search space {Path(path)}", all_keys())
 
 
 def load_space(path: str | Path) -> Space:

@@ -290,19 +290,22 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_yaml(path: str | Path) -> dict:
-    """Read a config YAML into a dict, with one-line errors for missing/broken files."""
+def load_yaml(path: str | Path, *, kind: str = "config file", hint: str = "") -> dict:
+    """Read a YAML mapping (config, search space, ...) with one-line errors for missing/broken files.
+
+    kind names the file in messages; hint is appended to the not-found message.
+    """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file '{p}' not found")
+        raise ConfigError(f"{kind} '{p}' not found{hint}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file '{p}'{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(f"{kind} '{p}'{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{p}' must hold a mapping of key: value")
+        raise ConfigError(f"{kind} '{p}' must hold a mapping of key: value")
     return data
 
 

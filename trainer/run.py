@@ -324,8 +324,8 @@ def _auto_name(cfg: Config) -> str:
 
 
 def _latest_resumable(output_dir: Path) -> Path | None:
-    runs = [d for d in output_dir.glob("*") if d.is_dir() and ckpt_io.resolve(d) is not None]
-    runs = [d for d in runs if not ckpt_io.read_state(ckpt_io.resolve(d)).get("finished")]
+    ckpts = {d: ckpt_io.resolve(d) for d in output_dir.glob("*") if d.is_dir()}
+    runs = [d for d, ck in ckpts.items() if ck is not None and not ckpt_io.read_state(ck).get("finished")]
     return max(runs, key=lambda d: d.stat().st_mtime, default=None)
 
 
