@@ -12,7 +12,7 @@ from format_fixtures import BORIS, BPS, calms_seq, write_calms_json, write_dlc, 
 from trainer.config import DataConfig
 from trainer.data import READERS, SPLITTERS, get_reader
 from trainer.data.detect import detect_format
-from trainer.data.recording import DataError
+from trainer.data.recording import DataError, Recording
 
 
 def read(fmt, path, fps=30.0, **data):
@@ -372,3 +372,17 @@ def test_detect_format_errors(tmp_path):
     write_simba(tmp_path / "s.csv", 5, behaviours={})
     with pytest.raises(DataError, match="several formats"):
         detect_format(tmp_path)
+
+
+def test_unlabelled_behaviors_become_minus_one():
+    """data.unlabelled_behaviors removes a class and marks its frames -1 (left out of loss and scores)."""
+    from trainer.data import drop_classes
+
+    rec = Recording(
+        video_id="v", keypoints=np.zeros((5, 2, 1, 2), np.float32), fps=30.0, mouse_ids=["a", "b"],
+        bodyparts=["n"], pairs=[(0, 1)], labels=np.array([0, 1, 2, -1, 3]),
+        class_names=["other", "base", "social", "aggression"],
+    )
+    (out,) = drop_classes([rec], ["base"])
+    assert out.class_names == ["other", "social", "aggression"]
+    assert out.labels[:, 0].tolist() == [0, -1, 1, -1, 2]

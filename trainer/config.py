@@ -58,6 +58,7 @@ class DataConfig:
     annotation_stream: str = "S1"  # dlc + Caltech annotator: which stream to read
     annotation_format: str = "auto"  # dlc: auto | boris | caltech
     behaviors: list = field(default_factory=list)  # optional explicit class list (after background)
+    unlabelled_behaviors: list = field(default_factory=list)  # annotated names treated as unlabelled (-1): out of loss and scores
     annotation_pairs: list = field(default_factory=list)  # dlc: [[tracking_file, annotation_file], ...]; [] = pair by file stem
     labs: list = field(default_factory=list)  # mabe25: read only these lab_ids; [] = every lab
     min_likelihood: float = 0.0  # dlc/simba: keypoints with pose likelihood below this become NaN

@@ -51,6 +51,30 @@ def read_recordings(fmt: str, path: str, *, data, fps: float) -> list[Recording]
     recs = get_reader(fmt)(path, data=data, fps=fps)
     if not recs:
         raise DataError(f"{path or fmt}: no recordings found (check data.path and data.format)")
+    return drop_classes(recs, list(getattr(data, "unlabelled_behaviors", []) or []))
+
+
+def drop_classes(recs: list[Recording], names: list[str]) -> list[Recording]:
+    """Turn the frames of the behaviours `names` into unlabelled (-1) and remove those classes.
+
+    For annotations that mark periods nobody should score, e.g. rat46's `base` (before the
+    animals interact): they are left out of the loss and of every metric, never negatives.
+    Names absent from the data are ignored (a prediction file may carry no labels).
+    """
+    if not names:
+        return recs
+    for r in recs:
+        drop = [i for i, n in enumerate(r.class_names) if n in names]
+        if not drop:
+            continue
+        keep = [i for i in range(len(r.class_names)) if i not in drop]
+        remap = np.full(len(r.class_names) + 1, UNLABELLED, dtype=np.int64)  # last slot: -1 stays -1
+        remap[keep] = np.arange(len(keep))
+        if r.labels is not None:
+            r.labels = remap[r.labels]
+        if r.label_mask is not None:
+            r.label_mask = r.label_mask[:, keep]
+        r.class_names = [r.class_names[i] for i in keep]
     return recs
 
 
