@@ -34,12 +34,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import broadcast_object_list, set_seed
+from safetensors import SafetensorError
 from torch.utils.data import DataLoader, Sampler
 
 from trainer import checkpoint as ckpt_io
 from trainer import rundir
 from trainer.config import Config, ConfigError, config_to_yaml, flat_dict, load_yaml, make_config
 from trainer.data import load_splits
+from trainer.data.calms21 import npy_consent
 from trainer.data.recording import DataError
 from trainer.data.windows import WindowDataset, make_sequences
 from trainer.engine import NonFiniteLossError, evaluate, train_one_epoch
@@ -389,7 +391,7 @@ def save_checkpoint(accelerator, run_dir: Path, cfg: Config, epoch: int, state: 
             ckpt_io.write_json(tmp / ckpt_io.STATE, state)
             ckpt_io.write_manifest(tmp)
             ckpt_io.publish(tmp, last)
-        except (OSError, RuntimeError) as e:  # disk full / read-only: the previous `last` is untouched
+        except (OSError, SafetensorError) as e:  # disk full / read-only: the previous `last` is untouched
             rundir.remove_quietly(tmp)
             raise rundir.storage_error(e, tmp) or e from None
         if improved:
@@ -698,9 +700,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-file save/load chatter
     args = build_parser().parse_args(argv)
+    # CalMS21 .npy files are pickles: read only if the user typed the format on this command line
+    typed_calms21 = any(o.replace(" ", "") == "data.format=calms21" for o in args.overrides)
     try:
         cfg = resolve_config(args)
-        train(cfg)
+        with npy_consent(typed_calms21):
+            train(cfg)
     except USER_ERRORS as e:
         logging.getLogger("trainer").error("error: %s", e)
         return 1 if isinstance(e, NonFiniteLossError) else 2

@@ -140,7 +140,7 @@ class RunLock:
                         self.path, e.strerror)
         stale = _read_holder(fd)
         if stale != "unknown process":
-            log.info("took over the stale lock of a run that ended without releasing it (%s)", stale)
+            log.warning("took over the stale lock of a run that ended without releasing it (%s)", stale)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode(), 0)
@@ -170,3 +170,27 @@ def _read_holder(fd: int) -> str:
         return f"pid {info['pid']} on {info['host']}, started {info['started']}"
     except (OSError, ValueError, TypeError, KeyError):
         return "unknown process"
+
+
+def one_line_errors(main):
+    """Decorate a CLI `main`: a full or read-only disk becomes one 'error:' line and exit 2.
+
+    Only OSErrors the user's storage causes (STORAGE_ERRNOS) are caught; other errors stay loud.
+    """
+    import functools
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except StorageError as e:
+            logging.getLogger("trainer").error("error: %s", e)
+            return 2
+        except OSError as e:
+            err = storage_error(e)
+            if err is None:
+                raise
+            logging.getLogger("trainer").error("error: %s", err)
+            return 2
+
+    return wrapper
