@@ -411,3 +411,176 @@ def test_unpickling_is_not_needed_anywhere(trained):
         assert main(["--resume", str(trained), "epochs=2"]) == 0
     finally:
         pickle.Unpickler = real
+
+
+# ============================================================================ 8-13. readers
+
+
+def _read(fmt, path, fps=30.0, **data):
+    from trainer.config import DataConfig
+    from trainer.data import get_reader
+
+    return get_reader(fmt)(str(path), data=DataConfig(**data), fps=fps)
+
+
+BORIS_HEAD = ("Time,Media file path,Total length,FPS,Subject,Behavior,Behavioral category,Comment,Status\n")
+
+
+def test_boris_negative_and_past_end_times_are_clipped_and_reported(tmp_path, caplog):
+    """Case 8: bouts at -1.0..-0.5 s no longer paint the end of the video; they are reported."""
+    from format_fixtures import write_dlc
+
+    write_dlc(tmp_path / "v.csv", 95, ["resident", "intruder"], ["nose"])
+    rows = ["-1.0,v.mp4,10,10,Resident,sniff,,,START", "-0.5,v.mp4,10,10,Resident,sniff,,,STOP",
+            "-0.3,v.mp4,10,10,Resident,sniff,,,START", "0.4,v.mp4,10,10,Resident,sniff,,,STOP",
+            "9.0,v.mp4,10,10,Resident,sniff,,,START", "12.0,v.mp4,10,10,Resident,sniff,,,STOP"]
+    (tmp_path / "v_boris.csv").write_text(BORIS_HEAD + "\n".join(rows) + "\n")
+    (r,) = _read("dlc", tmp_path / "v.csv", annotation_path=str(tmp_path / "v_boris.csv"))
+    sniff = r.class_names.index("sniff")
+    lab = r.labels[:, 0]
+    assert (lab[0:4] == sniff).all() and (lab[4:90] == 0).all() and (lab[90:95] == sniff).all()
+    assert "1 dropped" in caplog.text and "2 before the start" in caplog.text and "v_boris.csv" in caplog.text
+
+
+def test_simba_blank_cell_is_reported_never_dropped(tmp_path, caplog):
+    """Case 9: a behaviour column with one blank cell stays a behaviour; the blank frame is unlabelled."""
+    from format_fixtures import write_simba
+
+    attack = np.zeros(20)
+    attack[3:9] = 1
+    attack[12] = np.nan
+    write_simba(tmp_path / "v.csv", 20, behaviours={"Attack": attack})
+    (r,) = _read("simba", tmp_path / "v.csv")
+    assert r.class_names == ["other", "Attack"]
+    assert (r.labels[3:9, 0] == 1).all() and r.labels[12, 0] == -1 and r.labels[11, 0] == 0
+    assert "'Attack' has 1 blank cell(s)" in caplog.text
+
+
+@pytest.mark.parametrize("fps", ["1e9", "0.5", "5000"])
+def test_absurd_boris_fps_is_rejected(tmp_path, fps):
+    """Case 10: BORIS FPS outside 1-1000 -> one line naming the file."""
+    from format_fixtures import write_dlc
+
+    from trainer.data.recording import DataError
+
+    write_dlc(tmp_path / "v.csv", 30, ["resident", "intruder"], ["nose"])
+    (tmp_path / "v_b.csv").write_text(BORIS_HEAD + f"0.5,v.mp4,10,{fps},Resident,sniff,,,POINT\n")
+    with pytest.raises(DataError, match="v_b.csv: frame rate .* outside the plausible range 1-1000") as e:
+        _read("dlc", tmp_path / "v.csv", annotation_path=str(tmp_path / "v_b.csv"))
+    assert "\n" not in str(e.value)
+
+
+def test_absurd_mabe_fps_is_rejected_before_allocating(tmp_path):
+    """Case 10: MABe frames_per_second=1e12 -> one line naming train.csv (not sequence_length)."""
+    import pandas as pd
+    from format_fixtures import write_mabe
+
+    from trainer.data.recording import DataError
+
+    write_mabe(tmp_path)
+    pd.read_csv(tmp_path / "train.csv").assign(frames_per_second=1e12).to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(DataError, match="train.csv video 101: frame rate 1e\\+12 fps is outside"):
+        _read("mabe25", tmp_path)
+
+
+def test_config_fps_out_of_range(tiny, caplog):
+    assert main([*tiny, "fps=1e9"]) == 2
+    _one_line(caplog, "config key 'fps'")
+
+
+def test_duplicate_rows_are_reported(tmp_path, caplog):
+    """Case 11: a duplicated DLC frame index is an error; duplicated MABe rows are reported."""
+    import pandas as pd
+    from format_fixtures import write_dlc, write_mabe
+
+    from trainer.data.recording import DataError
+
+    write_dlc(tmp_path / "d.csv", 6, None, ["nose"])
+    lines = (tmp_path / "d.csv").read_text().splitlines()
+    lines[4] = "2" + lines[4][1:]  # 3 header rows; the row of frame 1 now says 2: frame 2 twice
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="d.csv: frame index 2 appears 2 times"):
+        _read("dlc", tmp_path / "d.csv")
+    root = tmp_path / "mabe"
+    write_mabe(root)
+    f = root / "train_tracking/LabA/102.parquet"
+    df = pd.read_parquet(f)
+    pd.concat([df, df.iloc[:3].assign(x=-5.0)]).to_parquet(f, index=False)
+    _read("mabe25", root)
+    assert "102.parquet: 3 duplicated tracking row(s)" in caplog.text
+
+
+@pytest.mark.parametrize("content, why", [(b"", "the file is empty"), (b"\x00\x01\x02PK\x03\x04" * 50, "binary")])
+def test_dlc_empty_or_binary_tracking_file_is_named(tmp_path, caplog, content, why):
+    """Case 12: the skipped tracking file is named with the reason (not only the annotation blamed)."""
+    from format_fixtures import BORIS, write_dlc
+
+    write_dlc(tmp_path / "trk" / "good.csv", 30, ["resident", "intruder"], ["nose"])
+    (tmp_path / "trk" / "session1.csv").write_bytes(content)
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "ann" / "session1.csv").write_text(BORIS)
+    (tmp_path / "ann" / "good.csv").write_text(BORIS)
+    _read("dlc", tmp_path / "trk", annotation_path=str(tmp_path / "ann"))
+    assert f"{tmp_path / 'trk' / 'session1.csv'}: skipped as a tracking file" in caplog.text and why in caplog.text
+
+
+def _mabe_break(kind):
+    import pandas as pd
+
+    def tracking(root, **cols):
+        f = root / "train_tracking/L/7.parquet"
+        pd.read_parquet(f).assign(**cols).to_parquet(f, index=False)
+
+    def one_big_frame(root):
+        f = root / "train_tracking/L/7.parquet"
+        df = pd.read_parquet(f)
+        df.loc[0, "video_frame"] = 10**12
+        df.to_parquet(f, index=False)
+
+    return {
+        "x text": (lambda root: tracking(root, x="left"), "column 'x' is not numeric"),
+        "video_frame strings": (lambda root: tracking(root, video_frame=lambda d: d.video_frame.astype(str)),
+                                "column 'video_frame' is not numeric"),
+        "behaviors_labeled=5": (lambda root: pd.read_csv(root / "train.csv").assign(behaviors_labeled=5)
+                                .to_csv(root / "train.csv", index=False), "behaviors_labeled is 5, not a JSON list"),
+        "video_frame=1e12": (one_big_frame, "implies a video of 1,000,000,000,001 frames"),
+        "inf coordinates": (lambda root: tracking(root, x=lambda d: d.x.where(d.video_frame != 3, np.inf)),
+                            "infinite coordinates"),
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["x text", "video_frame strings", "behaviors_labeled=5", "video_frame=1e12",
+                                  "inf coordinates"])
+def test_malformed_mabe_values_give_one_line(tmp_path, tiny, caplog, kind):
+    """Case 13: each malformed MABe value -> exit 2, one line naming the file; no huge allocation."""
+    from format_fixtures import write_mabe
+
+    videos = [dict(lab_id="L", video_id=v, fps=30.0, pix=10.0, T=60, mice=[1, 2], bl=["mouse1,mouse2,sniff"],
+                   ann=[(1, 2, "sniff", 0, 5)]) for v in (7, 8)]
+    write_mabe(tmp_path / "m", videos=videos)
+    brk, match = _mabe_break(kind)
+    brk(tmp_path / "m")
+    assert main([*tiny, "data.format=mabe25", f"data.path={tmp_path / 'm'}", "sequence_length=16"]) == 2
+    line = _one_line(caplog, match)
+    assert "train.csv" in line or "7.parquet" in line
+
+
+@pytest.mark.parametrize("kind", ["binary", "string ids", "negative id"])
+def test_malformed_calms21_gives_one_line(tmp_path, kind):
+    """Case 13: CalMS21 binary .json and vocabulary ids that are not integers."""
+    from format_fixtures import calms_seq, write_calms_json
+
+    from trainer.data.recording import DataError
+
+    f = tmp_path / "c.json"
+    if kind == "binary":
+        f.write_bytes(b"\xff\xfe\x00\x81" * 100)
+        match = "not a text file"
+    else:
+        seq = calms_seq(12, 0)
+        seq["metadata"] = {"vocab": {"attack": "zero" if kind == "string ids" else -1, "other": 3}}
+        write_calms_json(f, {"s": seq})
+        match = "vocabulary id of 'attack' must be an integer"
+    with pytest.raises(DataError, match=match) as e:
+        _read("calms21", f)
+    assert str(f) in str(e.value) and "\n" not in str(e.value)

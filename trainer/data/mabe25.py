@@ -319,7 +319,7 @@ def read_tracking(file: Path, *, bodypart_order: list[str] | None = None) -> tup
     for col in ("video_frame", "x", "y"):  # text here would fail deep inside numpy
         tp = tab.schema.field(col).type
         if not (pa.types.is_integer(tp) or pa.types.is_floating(tp)):
-            raise DataError(f"{file}: column '{col}' holds {tp} values; it must be numeric")
+            raise DataError(f"{file}: column '{col}' is not numeric ({tp}); it must hold numbers")
     frames = tab.column("video_frame").to_numpy(zero_copy_only=False)
     if not np.issubdtype(frames.dtype, np.integer):
         if np.isnan(frames).any() or (frames != np.round(frames)).any():
