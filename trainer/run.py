@@ -343,8 +343,8 @@ def resolve_run(cfg: Config) -> tuple[Path, Path | None]:
     """(run directory, checkpoint to resume or None) from name/output_dir/resume."""
     out = Path(cfg.output_dir)
     if cfg.name:
-        rundir.check_name(cfg.name, "name")
-    rundir.check_name(cfg.checkpoint_dir, "checkpoint_dir")
+        rundir.check_name(cfg.name, "config key 'name'")
+    rundir.check_name(cfg.checkpoint_dir, "config key 'checkpoint_dir'")
     if cfg.resume and cfg.resume != "auto":
         ck = ckpt_io.resolve(cfg.resume, None if ckpt_io.resolve(cfg.resume) else cfg.checkpoint_dir)
         if ck is None:

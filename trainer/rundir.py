@@ -44,10 +44,13 @@ class RunLockedError(ConfigError):
 
 
 def check_name(value: str, key: str) -> str:
-    """`value` if it is one safe path component (letters, digits, `-_.`, not starting with `.`/`-`)."""
+    """`value` if it is one safe path component (letters, digits, `-_.`, not starting with `.`/`-`).
+
+    key: how the user set it, for the error ("config key 'name'", "--name").
+    """
     if not SAFE_NAME.fullmatch(value):
         raise ConfigError(
-            f"config key '{key}' must be one name of letters, digits, '-', '_' or '.' "
+            f"{key} must be one name of letters, digits, '-', '_' or '.' "
             f"(not starting with '.' or '-', at most 128 characters), got {value!r}"
         )
     return value
