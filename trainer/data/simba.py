@@ -6,7 +6,9 @@ columns hold 0/1 per frame; everything else (engineered features, an unnamed ind
 column) is ignored.
 
 Behaviour columns: `data.behaviors` when given (each must exist); otherwise every
-non-pose column whose values are all 0 or 1. Set `data.behaviors` explicitly if your
+non-pose column whose filled cells are all 0 or 1. A blank cell in a behaviour column
+makes that frame unlabelled (left out of loss and metric), reported with a warning: never
+background, and never a reason to drop the column. Set `data.behaviors` explicitly if your
 feature columns include binary flags. SimBA labels belong to the video, not to one
 animal: the labelled pair is (animal 1, animal 2) (or (1, 1) with one animal). Frames
 where no behaviour is 1 are background; frames where several are 1 keep the bout that
