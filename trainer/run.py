@@ -346,7 +346,7 @@ def resolve_run(cfg: Config) -> tuple[Path, Path | None]:
         rundir.check_name(cfg.name, "config key 'name'")
     rundir.check_name(cfg.checkpoint_dir, "config key 'checkpoint_dir'")
     if cfg.resume and cfg.resume != "auto":
-        ck = ckpt_io.resolve(cfg.resume, None if ckpt_io.resolve(cfg.resume) else cfg.checkpoint_dir)
+        ck = ckpt_io.resolve(cfg.resume) or ckpt_io.resolve(cfg.resume, cfg.checkpoint_dir)
         if ck is None:
             raise ConfigError(f"resume: no complete checkpoint in '{cfg.resume}' (expected a run dir or checkpoint dir)")
         return ck.parent.parent, ck
@@ -443,7 +443,7 @@ def take_run_dir(accelerator, run_dir: Path, cfg: Config) -> rundir.RunLock | No
         try:
             lock = rundir.RunLock(run_dir).acquire()
             rundir.clean_temporaries(run_dir / cfg.checkpoint_dir)
-        except rundir.ConfigError as e:
+        except ConfigError as e:
             error = str(e)
     error = broadcast_object_list([error])[0]  # every process stops, not only the main one
     if error is not None:
