@@ -645,10 +645,11 @@ def trial_table(grid, sweep: Sweep, *, previous: dict | None = None, running: se
         m = result.metrics or {}
         trial = Path(result.path).name
         old = previous.get(trial, {})
-        if result.error is not None:
+        error = error_line(result.error)
+        if trial in running and (result.error is None or error.startswith("KeyboardInterrupt")):
+            status = "interrupted"  # trial dirs are named by trial id (_trial_dirname)
+        elif result.error is not None:
             status = "error"
-        elif trial in running:  # trial dirs are named by trial id (_trial_dirname)
-            status = "interrupted"
         else:
             status = "stopped" if m.get("epoch", 0) < epochs else "done"
         rows.append({
@@ -662,7 +663,7 @@ def trial_table(grid, sweep: Sweep, *, previous: dict | None = None, running: se
             "base_config": point is not None and result.config == point if result.config
             else old.get("base_config", False),
             "run_dir": str(sweep.runs_dir / trial),
-            "error": error_line(result.error) or old.get("error", ""),
+            "error": error or old.get("error", ""),
         })
     rows.sort(key=lambda r: (r["status"] == "error", -(r["val_macro_f1"] if r["val_macro_f1"] is not None else -1)))
     return rows
