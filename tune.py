@@ -24,7 +24,9 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +44,7 @@ from trainer.config import (
     make_config,
     parse_override,
 )
+from trainer.rundir import check_name
 
 log = logging.getLogger("tune")
 
@@ -455,6 +458,45 @@ BACKENDS: dict[str, Callable] = {
 
 # ============================================================================ the sweep
 
+# sweep dir -> {trial id: Ray status} as of the last Tune step: after an interrupt it says which
+# trials were still running (Tune's own cleanup marks them terminated like finished ones)
+_LAST_STATUS: dict[str, dict[str, str]] = {}
+
+
+class StatusSnapshot(ray_tune.Callback):
+    """Records every trial's status after each Tune step (into _LAST_STATUS, which survives restore)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def on_step_end(self, iteration, trials, **info):
+        _LAST_STATUS[self.key] = {t.trial_id: t.status for t in trials}
+
+
+def fit_interruptibly(tuner) -> tuple[object, bool]:
+    """(tuner.fit() result grid, whether Ctrl+C / SIGINT stopped the sweep).
+
+    The first SIGINT asks Ray Tune for its graceful stop (state saved, `--resume` continues); a
+    second one stops at once. Ray's own SIGINT handler is replaced so that we know it happened.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit(), False
+    interrupted = threading.Event()
+
+    def on_sigint(sig, frame):
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        log.warning("interrupted: stopping the sweep after saving its state (Ctrl+C again to stop at once)")
+        signal.raise_signal(signal.SIGUSR1)  # Ray Tune's graceful stop
+
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return tuner.fit(), interrupted.is_set()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
 
 def _trial_dirname(trial) -> str:
     return trial.trial_id
@@ -504,7 +546,8 @@ def make_tuner(sweep: Sweep, trainable, *, num_samples: int, scheduler: str, sea
             name=sweep.name, storage_path=sweep.storage,
             failure_config=ray_tune.FailureConfig(max_failures=0),  # an errored trial stays errored; others go on
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],  # not Ray's own TensorBoard files: see run_sweep
+            # not Ray's own TensorBoard files: see run_sweep
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), StatusSnapshot(sweep.name)],
             verbose=1,
         ),
     )
@@ -532,15 +575,44 @@ def run_sweep(sweep: Sweep, *, backend: Callable | None = None, resume: bool = F
         sweep.save()
         tuner = make_tuner(sweep, trainable, num_samples=num_samples, scheduler=scheduler, search=search,
                            max_concurrent=max_concurrent, resources=resources, reuse_actors=reuse_actors)
-    grid = tuner.fit()
+    previous = _previous_trials(sweep) if resume else {}
+    _LAST_STATUS.pop(sweep.name, None)
+    grid, interrupted = fit_interruptibly(tuner)
     wall = time.perf_counter() - t0
-    rows = trial_table(grid, sweep)
-    summary = {"sweep": str(sweep.dir), "wall_time_s": wall, "resumed": resume, "trials": rows}
+    rows = trial_table(grid, sweep, previous=previous,
+                       running=_running_trials(sweep) if interrupted else set())
+    summary = {"sweep": str(sweep.dir), "wall_time_s": wall, "resumed": resume, "interrupted": interrupted,
+               "trials": rows}
     (sweep.dir / "trials.json").write_text(json.dumps(summary, indent=1, default=str))
-    best = next((r for r in rows if r["status"] != "error"), None)
+    best = next((r for r in rows if r["status"] != "error" and r["val_macro_f1"] is not None), None)
     if best is not None:
-        write_best_yaml(sweep, best, sweep.dir / "best.yaml")
+        write_best_yaml(sweep, best, sweep.dir / "best.yaml", partial=interrupted)
+    if interrupted:
+        raise SweepInterrupted(sweep)
     return rows
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl+C stopped the sweep; trials.json and a partial best.yaml were written."""
+
+    def __init__(self, sweep: Sweep):
+        super().__init__(f"sweep {sweep.dir} interrupted")
+        self.sweep = sweep
+
+
+def _running_trials(sweep: Sweep) -> set[str]:
+    """Trials Tune was running (or about to run) when the sweep was interrupted."""
+    status = _LAST_STATUS.get(sweep.name, {})
+    return {t for t, st in status.items() if st in ("RUNNING", "PENDING", "PAUSED")}
+
+
+def _previous_trials(sweep: Sweep) -> dict[str, dict]:
+    """trials.json rows by trial id (kept for errored trials, whose config Tune drops on restore)."""
+    try:
+        rows = json.loads((sweep.dir / "trials.json").read_text())["trials"]
+        return {r["trial"]: r for r in rows}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def error_line(error: BaseException | None) -> str:
@@ -557,35 +629,55 @@ def error_line(error: BaseException | None) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def trial_table(grid, sweep: Sweep) -> list[dict]:
-    """One dict per trial (status, epochs, best val macro F1, sampled values), best first, errors last."""
+def trial_table(grid, sweep: Sweep, *, previous: dict | None = None, running: set | None = None) -> list[dict]:
+    """One dict per trial (status, epochs, best val macro F1, sampled values), best first, errors last.
+
+    status: done | stopped (ASHA stopped it early) | interrupted (running when Ctrl+C stopped the
+    sweep) | error. previous: rows of an earlier trials.json, whose sampled values and error
+    are kept for errored trials (Tune restores those without their config).
+    """
     space = parse_space(sweep.space)
     epochs = max_epochs(sweep)
     point = base_point(space, sweep.base)
+    previous, running = previous or {}, running or set()
     rows = []
     for result in grid:
         m = result.metrics or {}
-        status = "error" if result.error is not None else ("stopped" if m.get("epoch", 0) < epochs else "done")
+        trial = Path(result.path).name
+        old = previous.get(trial, {})
+        error = error_line(result.error)
+        if trial in running and (result.error is None or error.startswith("KeyboardInterrupt")):
+            status = "interrupted"  # trial dirs are named by trial id (_trial_dirname)
+        elif result.error is not None:
+            status = "error"
+        else:
+            status = "stopped" if m.get("epoch", 0) < epochs else "done"
         rows.append({
-            "trial": Path(result.path).name,
+            "trial": trial,
             "status": status,
-            "epochs": m.get("epoch", 0),
-            "val_macro_f1": m.get(METRIC),
+            "epochs": m.get("epoch", old.get("epochs", 0)),
+            "val_macro_f1": m.get(METRIC, old.get("val_macro_f1")),
             "time_s": m.get("time_total_s"),
             "train_time_s": m.get("train_time_s"),
-            "params": space.overrides(result.config) if result.config else {},
-            "base_config": point is not None and result.config == point,
-            "run_dir": str(sweep.runs_dir / Path(result.path).name),
-            "error": error_line(result.error),
+            "params": space.overrides(result.config) if result.config else old.get("params", {}),
+            "base_config": point is not None and result.config == point if result.config
+            else old.get("base_config", False),
+            "run_dir": str(sweep.runs_dir / trial),
+            "error": error or old.get("error", ""),
         })
     rows.sort(key=lambda r: (r["status"] == "error", -(r["val_macro_f1"] if r["val_macro_f1"] is not None else -1)))
     return rows
 
 
-def write_best_yaml(sweep: Sweep, best: dict, path: Path) -> None:
-    """Complete config of the best trial, runnable as is (fresh run name, default output dir)."""
+def write_best_yaml(sweep: Sweep, best: dict, path: Path, *, partial: bool = False) -> None:
+    """Complete config of the best trial, runnable as is (fresh run name, default output dir).
+
+    partial: the sweep was interrupted; the header says this is the best so far.
+    """
     cfg = make_config(None, {**best["params"], "name": "", "output_dir": "runs", "resume": ""}, base=sweep.base)
-    header = (f"# python trainer/run.py --config {path}\n"
+    warning = (f"# PARTIAL: the sweep was interrupted; best of the trials so far. Continue it with\n"
+               f"#   python tune.py --storage {sweep.storage} --name {sweep.name} --resume\n") if partial else ""
+    header = (warning + f"# python trainer/run.py --config {path}\n"
               f"# best trial {best['trial']} of sweep {sweep.dir}: val macro F1 {best['val_macro_f1']:.4f} "
               f"({best['status']} after {best['epochs']} epochs)\n"
               f"# sampled: {json.dumps(best['params'])}\n")
@@ -664,6 +756,7 @@ def new_sweep(args: argparse.Namespace) -> Sweep:
         modal_cluster.require_token()  # ModalSetupError is a ConfigError: one line, exit 2
     storage = str(Path(args.storage).resolve())
     name = args.name or f"{'smoke' if args.smoke_test else 'sweep'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_name(name, "--name")  # one safe path component: never a path elsewhere
     if (Path(storage) / name / "sweep.json").exists():
         raise ConfigError(f"sweep '{name}' already exists in {storage}; pass --resume to continue it "
                           "or choose another --name")
@@ -680,6 +773,7 @@ def find_sweep(storage: str, name: str | None) -> Sweep:
         if not found:
             raise ConfigError(f"--resume: no sweep in {root}; pass --storage/--name of the sweep to continue")
         return Sweep.load(found[-1].parent)
+    check_name(name, "--name")
     if not (root / name / "sweep.json").is_file():
         raise ConfigError(f"--resume: no sweep '{name}' in {root}")
     sweep = Sweep.load(root / name)
@@ -729,9 +823,16 @@ def main(argv: list[str] | None = None) -> int:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     log.info("sweep %s: %s trials of %s over %s (%s, %s), trial runs in %s", sweep.name, opts["num_samples"],
              sweep.base["model_type"], sweep.space_path, opts["scheduler"], opts["search"], sweep.runs_dir)
-    rows = run_sweep(sweep, resume=args.resume, num_samples=opts["num_samples"], scheduler=opts["scheduler"],
-                     search=opts["search"], max_concurrent=opts["max_concurrent"],
-                     cpus_per_trial=opts["cpus_per_trial"], gpus_per_trial=gpus)
+    try:
+        rows = run_sweep(sweep, resume=args.resume, num_samples=opts["num_samples"], scheduler=opts["scheduler"],
+                         search=opts["search"], max_concurrent=opts["max_concurrent"],
+                         cpus_per_trial=opts["cpus_per_trial"], gpus_per_trial=gpus)
+    except SweepInterrupted:
+        rows = json.loads((sweep.dir / "trials.json").read_text())["trials"]
+        print(format_table(rows))
+        print(f"\ninterrupted: partial results in {sweep.dir / 'trials.json'}; continue with "
+              f"python tune.py --storage {sweep.storage} --name {sweep.name} --resume")
+        return 130
     print(format_table(rows))
     print(f"\nbest config:  python trainer/run.py --config {sweep.dir / 'best.yaml'}"
           if (sweep.dir / "best.yaml").is_file() else "\nno trial finished without error: no best.yaml")

@@ -55,7 +55,12 @@ def test_calms21_npy_variant(tmp_path):
     }
     f = tmp_path / "train.npy"
     np.save(f, doc, allow_pickle=True)
-    (r,) = read("calms21", f)
+    with pytest.raises(DataError, match="typed on|type data.format=calms21"):
+        read("calms21", f)  # no consent given on a command line: never unpickled
+    from trainer.data.calms21 import npy_consent
+
+    with npy_consent(True):
+        (r,) = read("calms21", f)
     assert r.keypoints.shape == (10, 2, 7, 2)
     assert {r.class_names[c] for c in r.labels[:, 0]} == {"mount"}
     with pytest.raises(DataError, match="not auto-detected"):

@@ -348,6 +348,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'batch_size' must be >= 1")
     if cfg.epochs < 1:
         raise ConfigError("config key 'epochs' must be >= 1")
+    if not 1 <= cfg.fps <= 1000:  # same plausible range the readers enforce on files
+        raise ConfigError(f"config key 'fps' must be in 1-1000 frames per second, got {cfg.fps:g}")
     if cfg.learning_rate <= 0:
         raise ConfigError("config key 'learning_rate' must be > 0")
     if cfg.grad_accum_steps < 1:

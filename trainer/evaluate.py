@@ -27,11 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from trainer.config import ConfigError
+from trainer.data.calms21 import npy_consent
 from trainer.data.mabe25 import solution_frame
 from trainer.data.recording import UNLABELLED, DataError
 from trainer.metrics import frame_scores, mabe_score_details
 from trainer.postprocess import PostprocessSettings, fit_settings, mabe_submission
 from trainer.predict import Predictor, add_postprocess_args, select_recordings, settings_from_args
+from trainer.rundir import one_line_errors
 
 log = logging.getLogger("trainer.evaluate")
 
@@ -125,6 +127,7 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
@@ -140,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     add_postprocess_args(p)
     args = p.parse_args(argv)
     try:
-        pred = Predictor.load(args.checkpoint)
-        settings = settings_from_args(pred, args)
-        result = evaluate_checkpoint(pred, data=args.data, fmt=args.format, split=args.split,
-                                     settings=settings, fit=args.fit_postprocess, batch_size=args.batch_size)
+        with npy_consent(args.format == "calms21"):  # .npy pickles only if typed here
+            pred = Predictor.load(args.checkpoint)
+            settings = settings_from_args(pred, args)
+            result = evaluate_checkpoint(pred, data=args.data, fmt=args.format, split=args.split,
+                                         settings=settings, fit=args.fit_postprocess, batch_size=args.batch_size)
     except (ConfigError, DataError) as e:
         log.error("error: %s", e)
         return 2

@@ -33,12 +33,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from trainer import checkpoint as ckpt_io
 from trainer.config import Config, ConfigError, make_config
 from trainer.data import load_splits, read_recordings
+from trainer.data.calms21 import npy_consent
 from trainer.data.recording import UNLABELLED, DataError, Recording
 from trainer.data.skeleton import conform
 from trainer.data.windows import WindowDataset, make_sequences
@@ -46,6 +48,7 @@ from trainer.engine import predict_logits
 from trainer.features import FeaturePipeline
 from trainer.models import build_model
 from trainer.postprocess import PostprocessSettings, intervals_table, mabe_submission
+from trainer.rundir import one_line_errors, remove_quietly, storage_error
 
 log = logging.getLogger("trainer.predict")
 
@@ -66,10 +69,21 @@ class Predictor:
         ck = ckpt_io.resolve(path)
         if ck is None:
             raise ConfigError(f"--checkpoint: no complete checkpoint at '{path}' (expected runs/<name>/checkpoints/best)")
+        ckpt_io.verify(ck)
         meta = ckpt_io.read_meta(ck)
         cfg = make_config(base=meta["config"])
         model = build_model(cfg, input_dim=meta["input_dim"], num_classes=meta["num_classes"])
-        model.load_state_dict(load_file(str(ck / ckpt_io.WEIGHTS)))
+        try:
+            weights = load_file(str(ck / ckpt_io.WEIGHTS))
+        except (OSError, SafetensorError) as e:
+            raise ckpt_io.CheckpointError(f"{ck / ckpt_io.WEIGHTS} is damaged ({str(e)[:80]})"
+                                          f"{ckpt_io.fallback_hint(ck)}") from None
+        ckpt_io.check_finite(weights, ck / ckpt_io.WEIGHTS)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise ckpt_io.CheckpointError(f"{ck / ckpt_io.WEIGHTS} does not fit the model its meta.json describes "
+                                          f"({str(e).splitlines()[0][:100]}){ckpt_io.fallback_hint(ck)}") from None
         return cls(model, cfg, FeaturePipeline.from_state(meta["features"]), meta["class_names"],
                    meta["window_length"], ck)
 
@@ -124,6 +138,9 @@ class Predictor:
         for r in recs:
             per_pair = []
             for _ in r.pairs:
+                if not np.isfinite(logits[k]).all():  # a NaN would become "every frame background"
+                    raise DataError(f"{r.video_id}: the model gave non-finite scores (NaN/inf); the input has "
+                                    f"extreme values or the checkpoint {self.checkpoint} is damaged")
                 lg = np.where(seqs[k].class_mask[None], logits[k], -np.inf)
                 lg = lg - lg.max(axis=1, keepdims=True)
                 p = np.exp(lg)
@@ -196,10 +213,15 @@ def settings_from_args(pred: Predictor, args) -> PostprocessSettings:
 def write_csv(table: pd.DataFrame, path: Path, **kwargs) -> None:
     """Write atomically: a crashed run never leaves half a CSV under the final name."""
     tmp = path.with_name(f".{path.name}.tmp")
-    table.to_csv(tmp, index=False, **kwargs)
-    tmp.replace(path)
+    try:
+        table.to_csv(tmp, index=False, **kwargs)
+        tmp.replace(path)
+    except OSError as e:  # full or read-only disk: no half file left behind, one line
+        remove_quietly(tmp)
+        raise storage_error(e, path) or e from None
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
@@ -213,10 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     add_postprocess_args(p)
     args = p.parse_args(argv)
     try:
-        pred = Predictor.load(args.checkpoint)
-        recs = select_recordings(pred, args)
-        probs = pred.probabilities(recs, batch_size=args.batch_size)
-        labels = pred.postprocess(recs, probs, settings_from_args(pred, args))
+        with npy_consent(args.format == "calms21"):  # .npy pickles only if typed here
+            pred = Predictor.load(args.checkpoint)
+            recs = select_recordings(pred, args)
+            probs = pred.probabilities(recs, batch_size=args.batch_size)
+            labels = pred.postprocess(recs, probs, settings_from_args(pred, args))
     except (ConfigError, DataError) as e:
         log.error("error: %s", e)
         return 2

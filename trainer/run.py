@@ -34,11 +34,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import broadcast_object_list, set_seed
+from safetensors import SafetensorError
 from torch.utils.data import DataLoader, Sampler
 
 from trainer import checkpoint as ckpt_io
+from trainer import rundir
 from trainer.config import Config, ConfigError, config_to_yaml, flat_dict, load_yaml, make_config
 from trainer.data import load_splits
+from trainer.data.calms21 import npy_consent
 from trainer.data.recording import DataError
 from trainer.data.windows import WindowDataset, make_sequences
 from trainer.engine import NonFiniteLossError, evaluate, train_one_epoch
@@ -323,31 +326,41 @@ def _auto_name(cfg: Config) -> str:
     return f"{cfg.model_type}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _latest_resumable(output_dir: Path) -> Path | None:
-    ckpts = {d: ckpt_io.resolve(d) for d in output_dir.glob("*") if d.is_dir()}
-    runs = [d for d, ck in ckpts.items() if ck is not None and not ckpt_io.read_state(ck).get("finished")]
+def _latest_resumable(output_dir: Path, checkpoint_dir: str) -> Path | None:
+    """Newest run under output_dir with an unfinished checkpoint; damaged ones are skipped, with a warning."""
+    runs = []
+    for d in output_dir.glob("*"):
+        ck = ckpt_io.resolve(d, checkpoint_dir) if d.is_dir() else None
+        try:
+            if ck is not None and not ckpt_io.read_state(ck)["finished"]:
+                runs.append(d)
+        except ckpt_io.CheckpointError as e:
+            log.warning("resume=auto skips %s: %s", d, e)
     return max(runs, key=lambda d: d.stat().st_mtime, default=None)
 
 
 def resolve_run(cfg: Config) -> tuple[Path, Path | None]:
     """(run directory, checkpoint to resume or None) from name/output_dir/resume."""
     out = Path(cfg.output_dir)
+    if cfg.name:
+        rundir.check_name(cfg.name, "config key 'name'")
+    rundir.check_name(cfg.checkpoint_dir, "config key 'checkpoint_dir'")
     if cfg.resume and cfg.resume != "auto":
-        ck = ckpt_io.resolve(cfg.resume)
+        ck = ckpt_io.resolve(cfg.resume) or ckpt_io.resolve(cfg.resume, cfg.checkpoint_dir)
         if ck is None:
             raise ConfigError(f"resume: no complete checkpoint in '{cfg.resume}' (expected a run dir or checkpoint dir)")
         return ck.parent.parent, ck
     if cfg.resume == "auto":
-        run = out / cfg.name if cfg.name else _latest_resumable(out)
-        if run is not None and ckpt_io.resolve(run) is not None:
-            return run, ckpt_io.resolve(run)
+        run = out / cfg.name if cfg.name else _latest_resumable(out, cfg.checkpoint_dir)
+        if run is not None and ckpt_io.resolve(run, cfg.checkpoint_dir) is not None:
+            return run, ckpt_io.resolve(run, cfg.checkpoint_dir)
     run = out / (cfg.name or _auto_name(cfg))
     if not cfg.name:
         base, i = run, 1
         while run.exists():  # two runs started in the same second
             i += 1
             run = base.with_name(f"{base.name}-{i}")
-    if (run / cfg.checkpoint_dir).exists() and any((run / cfg.checkpoint_dir).iterdir()):
+    if rundir.has_checkpoints(run / cfg.checkpoint_dir):  # leftover .tmp-* dirs are no checkpoints
         raise ConfigError(
             f"run directory '{run}' already has checkpoints; pass resume=auto to continue it or choose another name"
         )
@@ -358,22 +371,29 @@ def resolve_run(cfg: Config) -> tuple[Path, Path | None]:
 
 
 def save_checkpoint(accelerator, run_dir: Path, cfg: Config, epoch: int, state: dict, meta: dict,
-                    improved: bool) -> Path:
-    """Write checkpoints/last atomically; copy it to best/ (if improved) and epoch_NNNN/ (save_freq)."""
+                    improved: bool, model, optimizer, objects: dict) -> Path:
+    """Write checkpoints/last atomically; copy it to best/ (if improved) and epoch_NNNN/ (save_freq).
+
+    objects: {name: scheduler/scaler} whose state_dict() goes into the checkpoint as JSON.
+    """
     root = run_dir / cfg.checkpoint_dir
     tmp = root / ".tmp-last"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process writes its RNG state; main writes the rest
-    accelerator.wait_for_everyone()
     last = root / "last"
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        ckpt_io.write_json(tmp / ckpt_io.META, meta)
-        ckpt_io.write_json(tmp / ckpt_io.STATE, state)
-        ckpt_io.publish(tmp, last)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            ckpt_io.save_training(tmp, accelerator.unwrap_model(model), optimizer, objects)
+            ckpt_io.write_json(tmp / ckpt_io.META, meta)
+            ckpt_io.write_json(tmp / ckpt_io.STATE, state)
+            ckpt_io.write_manifest(tmp)
+            ckpt_io.publish(tmp, last)
+        except (OSError, SafetensorError) as e:  # disk full / read-only: the previous `last` is untouched
+            rundir.remove_quietly(tmp)
+            raise rundir.storage_error(e, tmp) or e from None
         if improved:
             ckpt_io.copy_checkpoint(last, root / "best")
         if cfg.save_freq and epoch % cfg.save_freq == 0:
@@ -406,6 +426,34 @@ def train(
     main_proc = accelerator.is_main_process
     if not main_proc:
         logging.getLogger().setLevel(logging.WARNING)
+    lock = take_run_dir(accelerator, run_dir, cfg)
+    try:
+        return _train(cfg, accelerator, precision, run_dir, resume_from, t_start, recordings, on_epoch_end,
+                      on_checkpoint)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def take_run_dir(accelerator, run_dir: Path, cfg: Config) -> rundir.RunLock | None:
+    """Main process: lock the run directory for this run, then drop half-written leftovers of a killed one."""
+    error = None
+    lock = None
+    if accelerator.is_main_process:
+        try:
+            lock = rundir.RunLock(run_dir).acquire()
+            rundir.clean_temporaries(run_dir / cfg.checkpoint_dir)
+        except ConfigError as e:
+            error = str(e)
+    error = broadcast_object_list([error])[0]  # every process stops, not only the main one
+    if error is not None:
+        raise rundir.RunLockedError(error)
+    return lock
+
+
+def _train(cfg, accelerator, precision, run_dir, resume_from, t_start, recordings, on_epoch_end,
+           on_checkpoint) -> dict:
+    main_proc = accelerator.is_main_process
 
     set_seed(cfg.seed)
     data = prepare_data(cfg, recordings)
@@ -421,9 +469,9 @@ def train(
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum_steps)
     step_sched, plateau = make_schedulers(cfg, optimizer, steps_per_epoch)
-    for s in (step_sched, plateau):
-        if s is not None:
-            accelerator.register_for_checkpointing(s)
+    # stored as JSON in the checkpoint (never Accelerate's pickled custom objects)
+    objects = {k: v for k, v in {"step_scheduler": step_sched, "plateau": plateau,
+                                 "grad_scaler": accelerator.scaler}.items() if v is not None}
 
     weights = torch.tensor(cfg.class_weights or [1.0] * C, dtype=torch.float32, device=accelerator.device)
     loss_kwargs = {
@@ -442,10 +490,10 @@ def train(
         "precision_used": precision,
     }
     state = {"epoch": 0, "global_step": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0,
-             "best_scores": None, "finished": False, "wall_time_s": 0.0}
+             "best_scores": None, "finished": False, "early_stopped": False, "wall_time_s": 0.0}
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
         state = ckpt_io.read_state(resume_from)
+        ckpt_io.load_training(resume_from, accelerator.unwrap_model(model), optimizer, objects)
         log.info("resuming %s from %s (epoch %d done)", run_dir, resume_from, state["epoch"])
 
     n_params = count_parameters(accelerator.unwrap_model(model))
@@ -459,8 +507,12 @@ def train(
              run_dir.name, f"{n_params:,}", len(data.train_ds), steps_per_epoch,
              sum(s.num_frames for s in data.val_seqs), data.pipeline.dim, precision, accelerator.device)
 
+    # an early-stopped run stays stopped; a run that reached its last epoch continues only if epochs grew
+    last_epoch = state["epoch"] if state.get("early_stopped") else cfg.epochs
+    if resume_from is not None and state["epoch"] >= last_epoch:
+        log.info("%s already finished at epoch %d; nothing to train", run_dir.name, state["epoch"])
     try:
-        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        for epoch in range(state["epoch"] + 1, last_epoch + 1):
             set_seed(cfg.seed + epoch)  # dropout etc. depend on (seed, epoch) only: resume == uninterrupted
             train_loader.set_epoch(epoch)
             sampler.set_epoch(epoch)
@@ -484,10 +536,11 @@ def train(
             else:
                 state["bad_epochs"] += 1
             stop = bool(cfg.early_stopping_patience) and state["bad_epochs"] >= cfg.early_stopping_patience
-            state["finished"] = stop or epoch == cfg.epochs
+            state.update(finished=stop or epoch == cfg.epochs, early_stopped=stop)
             row = epoch_row(epoch, tr, ev, optimizer, accelerator, data.class_names)
             state.setdefault("history", []).append(row)
-            last = save_checkpoint(accelerator, run_dir, cfg, epoch, state, meta, improved)
+            last = save_checkpoint(accelerator, run_dir, cfg, epoch, state, meta, improved, model, optimizer,
+                                   objects)
             if main_proc:
                 log_epoch(accelerator, writer, run_dir, row, ev, data.class_names)
                 if on_checkpoint is not None:
@@ -647,12 +700,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-file save/load chatter
     args = build_parser().parse_args(argv)
+    # CalMS21 .npy files are pickles: read only if the user typed the format on this command line
+    typed_calms21 = any(o.replace(" ", "") == "data.format=calms21" for o in args.overrides)
     try:
         cfg = resolve_config(args)
-        train(cfg)
+        with npy_consent(typed_calms21):
+            train(cfg)
     except USER_ERRORS as e:
         logging.getLogger("trainer").error("error: %s", e)
         return 1 if isinstance(e, NonFiniteLossError) else 2
+    except OSError as e:  # a full or read-only disk is the user's to fix: one line; other OSErrors stay loud
+        err = rundir.storage_error(e)
+        if err is None:
+            raise
+        logging.getLogger("trainer").error("error: %s", err)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0

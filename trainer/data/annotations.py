@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.data.common import check_fps
 from trainer.data.recording import DataError
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def read_boris(file: Path, *, fallback_fps: float) -> Annotation:
     if len(fps_vals) > 1:
         raise DataError(f"{file}: several FPS values {sorted(fps_vals)}; export one media file per observation")
     if fps_vals:
-        fps = fps_vals.pop()
+        fps = check_fps(fps_vals.pop(), source=file)
         stated = fps
     else:
         fps, stated = float(fallback_fps), None
@@ -228,7 +229,7 @@ def read_caltech(file: Path, *, stream: str) -> Annotation:
         if section == "header":
             fm = _FPS.search(line)
             if fm:
-                fps = float(fm.group(1))
+                fps = check_fps(float(fm.group(1)), source=file)
             if line.lower().startswith("configuration file"):
                 section = "keys"
             continue

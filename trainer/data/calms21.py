@@ -6,9 +6,11 @@ NPY (the dataset's own converter): a pickled dict `{"vocabulary": {...}, "sequen
 {name: {"keypoints": (T, 2, 2, 7), "annotations": (T,)}}}`.
 
 Security: the NPY variant can only be read with `np.load(allow_pickle=True)`, and
-unpickling runs code embedded in the file. It is accepted ONLY when the user chose
-`data.format=calms21` explicitly (format auto-detection refuses .npy files); only load
-.npy files from a source you trust.
+unpickling runs code embedded in the file. It is read ONLY inside `npy_consent(True)`,
+which the command-line entry points enter when the user typed `data.format=calms21`
+(trainer/run.py) or `--format calms21` (predict, evaluate) on this command line; a
+config file, a checkpoint's meta.json or a directory listing never gives consent, and
+format auto-detection refuses .npy files. Only load .npy files from a source you trust.
 
 Mouse 0 is the resident, mouse 1 the intruder; resident -> intruder is the one labelled
 pair. Videos are 30 Hz.
@@ -16,8 +18,10 @@ pair. Videos are 30 Hz.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,18 @@ FPS = 30.0  # CalMS21 videos are recorded at 30 Hz; the files do not store it
 BODYPARTS = ["nose", "ear_left", "ear_right", "neck", "hip_left", "hip_right", "tail_base"]
 MOUSE_IDS = ["resident", "intruder"]
 DEFAULT_VOCAB = {"attack": 0, "investigation": 1, "mount": 2, "other": 3}
+# True only while a command line on which the user typed the calms21 format is running
+_NPY_CONSENT: ContextVar[bool] = ContextVar("calms21_npy_consent", default=False)
+
+
+@contextlib.contextmanager
+def npy_consent(given: bool):
+    """Allow (given=True) or forbid unpickling CalMS21 .npy files inside this block."""
+    token = _NPY_CONSENT.set(given)
+    try:
+        yield
+    finally:
+        _NPY_CONSENT.reset(token)
 
 
 def read_calms21(path: str, *, data, fps: float) -> list[Recording]:
@@ -66,6 +82,8 @@ def _read_json(f: Path) -> list[tuple[str, dict, dict, Path]]:
             doc = json.load(fh)
     except json.JSONDecodeError as e:
         raise DataError(f"{f}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{f}: not a text file (binary content); expected CalMS21 JSON") from None
     if not isinstance(doc, dict) or not doc:
         raise DataError(f"{f}: expected {{annotator_id: {{sequence_id: {{keypoints, annotations}}}}}}")
     out = []
@@ -76,14 +94,21 @@ def _read_json(f: Path) -> list[tuple[str, dict, dict, Path]]:
         for sid, seq in seqs.items():
             if not isinstance(seq, dict) or "keypoints" not in seq:
                 raise DataError(f"{f}: sequence '{sid}' has no 'keypoints' key")
-            vocab = (seq.get("metadata") or {}).get("vocab") or DEFAULT_VOCAB
+            meta = seq.get("metadata") if isinstance(seq.get("metadata"), dict) else {}
+            vocab = _check_vocab(meta.get("vocab") or DEFAULT_VOCAB, f)
             out.append((f"{annotator}/{sid}" if multi else str(sid), seq, vocab, f))
     return out
 
 
 def _read_npy(f: Path) -> list[tuple[str, dict, dict, Path]]:
-    # The converter's files are pickled dicts: allow_pickle is unavoidable here and is
-    # only reached when the user selected data.format=calms21 (see module docstring).
+    # The converter's files are pickled dicts: allow_pickle is unavoidable here, so it is
+    # reached only with the user's consent on this command line (see module docstring).
+    if not _NPY_CONSENT.get():
+        raise DataError(
+            f"{f}: a CalMS21 .npy file is a pickle (loading it can run code) and is read only when you type "
+            "data.format=calms21 (training) or --format calms21 (predict/evaluate) on the command line; "
+            "a config, checkpoint or directory never enables it"
+        )
     try:
         doc = np.load(f, allow_pickle=True)
         doc = doc.item() if isinstance(doc, np.ndarray) and doc.dtype == object and doc.shape == () else doc
@@ -91,13 +116,26 @@ def _read_npy(f: Path) -> list[tuple[str, dict, dict, Path]]:
         raise DataError(f"{f}: cannot load as a CalMS21 .npy file ({type(e).__name__}: {e})") from None
     if not isinstance(doc, dict) or "sequences" not in doc:
         raise DataError(f"{f}: expected a dict with 'vocabulary' and 'sequences' (CalMS21 NPY variant)")
-    vocab = doc.get("vocabulary") or DEFAULT_VOCAB
+    vocab = _check_vocab(doc.get("vocabulary") or DEFAULT_VOCAB, f)
     out = []
     for sid, seq in doc["sequences"].items():
         if not isinstance(seq, dict) or "keypoints" not in seq:
             raise DataError(f"{f}: sequence '{sid}' has no 'keypoints' key")
         out.append((str(sid), seq, vocab, f))
     return out
+
+
+MAX_VOCAB_ID = 1000  # class ids index a lookup table: bound it before allocating
+
+
+def _check_vocab(vocab, f: Path) -> dict:
+    """{class name: integer id in [0, MAX_VOCAB_ID)} or a DataError naming the file."""
+    if not isinstance(vocab, dict):
+        raise DataError(f"{f}: the vocabulary must map class names to integer ids, got {type(vocab).__name__}")
+    for name, i in vocab.items():
+        if isinstance(i, bool) or not isinstance(i, int | np.integer) or not 0 <= i < MAX_VOCAB_ID:
+            raise DataError(f"{f}: vocabulary id of '{name}' must be an integer in [0, {MAX_VOCAB_ID}), got {i!r}")
+    return vocab
 
 
 def _to_recording(vid: str, seq: dict, vocab: dict, f: Path, classes: list[str], data) -> Recording:

@@ -20,6 +20,28 @@ from trainer.data.recording import UNLABELLED, DataError
 
 log = logging.getLogger(__name__)
 
+FPS_RANGE = (1.0, 1000.0)  # frames per second a behaviour video can plausibly have
+# longest video a reader allocates for (93 h at 30 fps): bounds arrays sized from file contents
+MAX_FRAMES = 10_000_000
+
+
+def check_fps(fps: float, *, source: str | Path) -> float:
+    """`fps` if it is within FPS_RANGE; else a DataError naming `source`."""
+    lo, hi = FPS_RANGE
+    if not lo <= fps <= hi:
+        raise DataError(f"{source}: frame rate {fps:g} fps is outside the plausible range {lo:g}-{hi:g}; fix the file")
+    return fps
+
+
+def check_frame_count(num_frames: int, *, source: str | Path) -> int:
+    """`num_frames` if an array of that many frames is plausible (<= MAX_FRAMES), before allocating it."""
+    if num_frames > MAX_FRAMES:
+        raise DataError(
+            f"{source}: frame index {num_frames - 1} implies a video of {num_frames:,} frames "
+            f"(more than {MAX_FRAMES:,}); the frame column is corrupt"
+        )
+    return num_frames
+
 
 def list_files(path: str | Path, suffixes: tuple[str, ...], *, what: str) -> list[Path]:
     """Files under `path` (a file, or a directory searched recursively) ending in `suffixes`.
@@ -74,22 +96,29 @@ def clip_intervals(
     """Clip [start, stop) intervals to [0, num_frames); warn about every clipped or dropped one.
 
     Over-long annotations are common (an annotator stream that runs past the last tracked
-    frame), so they are clipped rather than rejected, but always reported.
+    frame), so they are clipped rather than rejected, but always reported. Times before
+    the video's start (negative frames) are clipped to frame 0 the same way: a negative
+    index would otherwise paint the end of the video.
     """
     out = []
-    clipped = dropped = 0
+    clipped = dropped = early = 0
     for start, stop, cls in intervals:
-        if start >= num_frames:
+        if start >= num_frames or stop <= 0:
             dropped += 1
+            early += stop <= 0
             continue
         if stop > num_frames:
             clipped += 1
             stop = num_frames
+        if start < 0:
+            clipped += 1
+            early += 1
+            start = 0
         out.append((start, stop, cls))
     if clipped or dropped:
         log.warning(
-            "%s: %d annotation interval(s) clipped and %d dropped at the end of tracking (%d frames)",
-            source, clipped, dropped, num_frames,
+            "%s: %d annotation interval(s) clipped and %d dropped outside tracking (frames 0-%d; %d before the start)",
+            source, clipped, dropped, num_frames - 1, early,
         )
     return out
 
@@ -110,6 +139,8 @@ def paint_intervals(
     """
     labels = np.full(num_frames, fill, dtype=np.int64)
     ivs = [(int(s), int(e), int(c)) for s, e, c in intervals if e > s]
+    if any(s < 0 for s, _, _ in ivs):  # a negative index would silently paint the end of the video
+        raise ValueError("paint_intervals: negative start frame; clip_intervals first")
     if not ivs:
         return labels, 0
     # paint in order (start asc, stop desc): later starts and nested bouts are painted last
@@ -149,6 +180,8 @@ def check_tracking(keypoints: np.ndarray, mouse_ids: list[str], *, source: str |
     """DataError for a video with no frames or a mouse whose keypoints are all NaN."""
     if keypoints.shape[0] == 0:
         raise DataError(f"{source}: video has no frames (empty tracking table)")
+    if np.isinf(keypoints).any():
+        raise DataError(f"{source}: tracking holds infinite coordinates; fix the file or mark missing points empty")
     finite = np.isfinite(keypoints).reshape(keypoints.shape[0], keypoints.shape[1], -1).any(axis=(0, 2))
     for m, ok in enumerate(finite):
         if not ok:
@@ -160,6 +193,8 @@ def check_tracking(keypoints: np.ndarray, mouse_ids: list[str], *, source: str |
 
 __all__ = [
     "UNLABELLED",
+    "check_fps",
+    "check_frame_count",
     "check_known",
     "check_tracking",
     "class_list",

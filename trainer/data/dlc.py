@@ -38,6 +38,7 @@ import pyarrow.csv as pacsv
 
 from trainer.data.annotations import Annotation, read_annotation
 from trainer.data.common import (
+    check_frame_count,
     check_known,
     check_tracking,
     class_list,
@@ -97,6 +98,20 @@ def _is_dlc_csv(f: Path) -> bool:
     return bool(first) and first[0].strip().lower() == "scorer"
 
 
+def _unreadable(f: Path) -> str | None:
+    """Why `f` cannot be a tracking (or any text) file: empty or binary; None if it is text."""
+    try:
+        with open(f, "rb") as fh:
+            head = fh.read(4096)
+    except OSError as e:
+        return f"cannot read ({e.strerror})"
+    if not head:
+        return "the file is empty"
+    if f.suffix.lower() == ".csv" and b"\0" in head:
+        return "binary content, not a CSV"
+    return None
+
+
 def _stem(f: Path) -> str:
     name = f.name
     for suffix in ("_annot.txt", ".annot", ".csv", ".h5", ".txt"):
@@ -127,6 +142,10 @@ def pair_files(path: str, data) -> list[tuple[Path, Path | None]]:
         return out
     tracking = list_files(path, (".csv", ".h5"), what="DeepLabCut")
     if len(tracking) > 1 or Path(path).is_dir():
+        for f in tracking:
+            why = _unreadable(f)
+            if why:
+                log.warning("%s: skipped as a tracking file: %s", f, why)
         tracking = [f for f in tracking if f.suffix.lower() == ".h5" or _is_dlc_csv(f)]
         if not tracking:
             raise DataError(f"{path}: no DeepLabCut tracking file (CSV whose first row starts with 'scorer') found")
@@ -243,6 +262,12 @@ def _assemble(file: Path, columns, values: np.ndarray, frames: np.ndarray):
     if np.isnan(frames).any() or (frames != np.round(frames)).any() or (frames < 0).any():
         raise DataError(f"{file}: the first column must be the frame index (0, 1, 2, ...)")
     frames = frames.astype(np.int64)
+    uniq, counts = np.unique(frames, return_counts=True)
+    if (counts > 1).any():  # the later row would silently overwrite the earlier one
+        dup = int(uniq[counts > 1][0])
+        raise DataError(f"{file}: frame index {dup} appears {int(counts[counts > 1][0])} times "
+                        f"({int((counts > 1).sum())} duplicated frame(s)); each frame must have one row")
+    check_frame_count(int(frames.max()) + 1, source=file)
     individuals = list(dict.fromkeys(i for i, _, _ in columns))
     if "single" in individuals and len(individuals) > 1:
         log.info("%s: dropping maDLC's 'single' (unique body parts) columns", file)

@@ -29,7 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainer.data.common import check_tracking, class_list, clip_intervals, paint_pair
+from trainer.data.common import (
+    check_fps,
+    check_frame_count,
+    check_tracking,
+    class_list,
+    clip_intervals,
+    paint_pair,
+)
 from trainer.data.recording import UNLABELLED, DataError, Recording
 
 log = logging.getLogger(__name__)
@@ -165,6 +172,8 @@ def parse_behaviors_labeled(value, *, source: str) -> list[tuple[int, int, str]]
             items = json.loads(value)
         except json.JSONDecodeError:
             raise DataError(f"{source}: behaviors_labeled is not a JSON list of \"agent,target,action\"") from None
+    if not isinstance(items, list | tuple | np.ndarray):
+        raise DataError(f"{source}: behaviors_labeled is {value!r}, not a JSON list of \"agent,target,action\"")
     out = set()
     for item in items:
         parts = [s.strip() for s in str(item).split(",")]
@@ -192,6 +201,7 @@ def _read_video(row, root, split, csv_path, whitelist, classes, annotated) -> Re
     fps = _float_or_none(row.frames_per_second)
     if fps is None:
         raise DataError(f"{csv_path}: video {vid} has no valid frames_per_second ({row.frames_per_second!r})")
+    check_fps(fps, source=f"{csv_path} video {vid}")
     track_file = root / f"{split}_tracking" / lab / f"{vid}.parquet"
     order = []
     if isinstance(row.body_parts_tracked, str) and row.body_parts_tracked.strip():
@@ -291,6 +301,7 @@ def read_tracking(file: Path, *, bodypart_order: list[str] | None = None) -> tup
         (keypoints (T, M, B, 2) float32 with NaN where a mouse/part is missing in a frame,
         sorted mouse numbers (M,), body-part names (B,)).
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not file.is_file():
@@ -305,7 +316,11 @@ def read_tracking(file: Path, *, bodypart_order: list[str] | None = None) -> tup
     tab = pq.read_table(file, columns=TRACKING_COLUMNS, read_dictionary=["bodypart"])
     if tab.num_rows == 0:
         raise DataError(f"{file}: video has no frames (empty tracking table)")
-    frames = tab.column("video_frame").to_numpy()
+    for col in ("video_frame", "x", "y"):  # text here would fail deep inside numpy
+        tp = tab.schema.field(col).type
+        if not (pa.types.is_integer(tp) or pa.types.is_floating(tp)):
+            raise DataError(f"{file}: column '{col}' is not numeric ({tp}); it must hold numbers")
+    frames = tab.column("video_frame").to_numpy(zero_copy_only=False)
     if not np.issubdtype(frames.dtype, np.integer):
         if np.isnan(frames).any() or (frames != np.round(frames)).any():
             raise DataError(f"{file}: video_frame holds non-integer values")
@@ -327,11 +342,22 @@ def read_tracking(file: Path, *, bodypart_order: list[str] | None = None) -> tup
     bodyparts = order + sorted(set(bp_names) - set(order))
     code_to_b = np.array([bodyparts.index(n) for n in bp_names], dtype=np.int64)
     b_idx = code_to_b[codes]
-    T = int(frames.max()) + 1
+    _report_duplicates(file, frames, m_idx, b_idx, numbers, bodyparts)
+    T = check_frame_count(int(frames.max()) + 1, source=file)
     kp = np.full((T, len(numbers), len(bodyparts), 2), np.nan, dtype=np.float32)
     kp[frames, m_idx, b_idx, 0] = tab.column("x").to_numpy(zero_copy_only=False)
     kp[frames, m_idx, b_idx, 1] = tab.column("y").to_numpy(zero_copy_only=False)
     return kp, [int(n) for n in numbers], bodyparts
+
+
+def _report_duplicates(file, frames, m_idx, b_idx, numbers, bodyparts) -> None:
+    """Warn when a (frame, mouse, body part) has several rows: only the last one is kept."""
+    key = (frames.astype(np.int64) * len(numbers) + m_idx) * len(bodyparts) + b_idx
+    uniq, first, counts = np.unique(key, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        i = first[np.argmax(counts > 1)]
+        log.warning("%s: %d duplicated tracking row(s) (e.g. frame %d, mouse%d, %s); the last row of each is used",
+                    file, int((counts - 1).sum()), int(frames[i]), int(numbers[m_idx[i]]), bodyparts[b_idx[i]])
 
 
 def read_annotation(file: Path, *, T: int, numbers: set) -> pd.DataFrame:

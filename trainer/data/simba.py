@@ -6,7 +6,9 @@ columns hold 0/1 per frame; everything else (engineered features, an unnamed ind
 column) is ignored.
 
 Behaviour columns: `data.behaviors` when given (each must exist); otherwise every
-non-pose column whose values are all 0 or 1. Set `data.behaviors` explicitly if your
+non-pose column whose filled cells are all 0 or 1. A blank cell in a behaviour column
+makes that frame unlabelled (left out of loss and metric), reported with a warning: never
+background, and never a reason to drop the column. Set `data.behaviors` explicitly if your
 feature columns include binary flags. SimBA labels belong to the video, not to one
 animal: the labelled pair is (animal 1, animal 2) (or (1, 1) with one animal). Frames
 where no behaviour is 1 are background; frames where several are 1 keep the bout that
@@ -27,13 +29,14 @@ import numpy as np
 import pandas as pd
 
 from trainer.data.common import (
+    check_fps,
     check_tracking,
     class_list,
     drop_low_likelihood,
     list_files,
     paint_pair,
 )
-from trainer.data.recording import DataError, Recording
+from trainer.data.recording import UNLABELLED, DataError, Recording
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +90,14 @@ def _read_table(f: Path) -> pd.DataFrame:
 
 
 def _binary_columns(df: pd.DataFrame) -> list[str]:
+    """Non-pose columns whose filled cells are all 0/1 (blank cells allowed: they are unlabelled frames)."""
     out = []
     for c in df.columns:
         if POSE.match(str(c)) or not pd.api.types.is_numeric_dtype(df[c]):
             continue
         v = df[c].to_numpy()
-        if np.isin(v, (0, 1)).all():
+        filled = v[~pd.isna(v)]
+        if filled.size and np.isin(filled, (0, 1)).all():
             out.append(str(c))
     return out
 
@@ -141,7 +146,7 @@ def video_info(f: Path) -> dict:
                 return {}
             out = {}
             if "fps" in tab.columns and float(row["fps"].iloc[0]) > 0:
-                out["fps"] = float(row["fps"].iloc[0])
+                out["fps"] = check_fps(float(row["fps"].iloc[0]), source=f"{info} video {f.stem}")
             if "pixels/mm" in tab.columns and float(row["pixels/mm"].iloc[0]) > 0:
                 out["pix_per_cm"] = 10.0 * float(row["pixels/mm"].iloc[0])
             return out
@@ -160,14 +165,22 @@ def _recording(f: Path, df: pd.DataFrame, classes: list[str], data, fallback_fps
     behaviours = [c for c in classes[1:] if c in df.columns]
     if behaviours:
         ivs = []
+        blank = np.zeros(T, dtype=bool)
         for b in behaviours:
-            v = df[b].to_numpy()
-            if not np.isin(v, (0, 1)).all():
-                raise DataError(f"{f}: behaviour column '{b}' must hold only 0/1")
-            on = np.diff(np.concatenate([[0], v.astype(np.int8), [0]]))
+            v = pd.to_numeric(df[b], errors="coerce").to_numpy(dtype=np.float64)
+            empty = np.isnan(v) & df[b].isna().to_numpy()  # a blank cell, not text
+            if not np.isin(v[~empty], (0, 1)).all():
+                raise DataError(f"{f}: behaviour column '{b}' must hold only 0/1 (or blank for unlabelled)")
+            if empty.any():
+                log.warning("%s: behaviour column '%s' has %d blank cell(s) (first at row %d); those frames are "
+                            "unlabelled, not background", f, b, int(empty.sum()), int(np.argmax(empty)))
+            blank |= empty
+            on = np.diff(np.concatenate([[0], np.where(empty, 0, v).astype(np.int8), [0]]))
             starts, stops = np.flatnonzero(on == 1), np.flatnonzero(on == -1)
             ivs += [(int(s), int(e), classes.index(b)) for s, e in zip(starts, stops, strict=True)]
-        labels = paint_pair(T, ivs, fill=0, source=f, pair=f"{animals[0]}->{animals[pairs[0][1]]}")[:, None]
+        labels = paint_pair(T, ivs, fill=0, source=f, pair=f"{animals[0]}->{animals[pairs[0][1]]}")
+        labels[blank] = UNLABELLED
+        labels = labels[:, None]
     pix = info.get("pix_per_cm") or float(getattr(data, "pix_per_cm", 0.0) or 0.0) or None
     meta = {"format": "simba", "source": str(f), "pix_per_cm": pix}
     return Recording(f.stem, kp, fps, animals, bodyparts, pairs, labels, list(classes), meta)
