@@ -158,9 +158,9 @@ def fit(cfg: Config, train_seqs, num_classes: int):
         Xv, yv = frame_rows(stop_seqs, cfg.gbdt_frame_stride)
         keep = np.isin(yv, np.unique(y))  # sklearn refuses classes it did not train on
         kwargs = {"X_val": Xv[keep], "y_val": yv[keep], "sample_weight_val": weights[yv[keep]]}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     clf.fit(X, y, sample_weight=weights[y], **kwargs)
-    info = {"fit_time_s": time.perf_counter() - t0, "train_frames": int(len(y)),
+    info = {"fit_time_s": time.perf_counter() - t0, "fit_cpu_s": time.process_time() - c0, "train_frames": int(len(y)),
             "stopping_frames": int(len(kwargs.get("y_val", []))), "iterations": int(clf.n_iter_),
             "features": int(X.shape[1])}
     return clf, info
