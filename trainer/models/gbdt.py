@@ -53,14 +53,30 @@ class TreeEnsemble:
         """Summed leaf values of iterations [start, stop) for X (N, F) -> (N, K) float64.
 
         The baseline is not included (add `baseline` once). NaN features follow
-        `missing_left`, like scikit-learn. All trees advance one level per step, vectorised
-        over (rows x trees); leaves point to themselves so finished trees just stay put.
+        `missing_left`, like scikit-learn. Vectorised over (rows x trees): every unfinished
+        (row, tree) cell advances one level per step, and cells that reached a leaf drop out.
         """
         roots = self.roots[start:stop]
         N, K = len(X), self.roots.shape[1]
         out = np.zeros((N, K))
         if roots.size == 0 or N == 0:
             return out
+        flat = roots.reshape(-1)
+        rows = max(1, chunk_cells // flat.size)
+        for r0 in range(0, N, rows):
+            Xc = np.asarray(X[r0:r0 + rows], dtype=np.float64)  # per chunk: a whole video in float64 is large
+            node = np.tile(flat, len(Xc))  # cell i = (row i // trees, tree i % trees)
+            row = np.repeat(np.arange(len(Xc)), flat.size)
+            cells = np.flatnonzero(~self.is_leaf[node])
+            while cells.size:
+                nd = node[cells]
+                x = Xc[row[cells], self.feature[nd]]
+                go_left = np.where(np.isnan(x), self.missing_left[nd], x <= self.threshold[nd])
+                nd = np.where(go_left, self.left[nd], self.right[nd])
+                node[cells] = nd
+                cells = cells[~self.is_leaf[nd]]
+            out[r0:r0 + rows] = self.value[node].reshape(len(Xc), -1, K).sum(axis=1)
+        return out
         left = np.where(self.is_leaf, np.arange(len(self.left)), self.left)
         right = np.where(self.is_leaf, np.arange(len(self.right)), self.right)
         feature = np.where(self.is_leaf, 0, self.feature)
