@@ -72,6 +72,29 @@ def summarise(rows: list[dict], background: str) -> dict:
     }
 
 
+def merge(paths: list[str], out: Path) -> int:
+    """One result from several --only runs of the same config: folds concatenated, summary recomputed."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    keys = {json.dumps([r["config"], r["overrides"], r["folds"], r["split_seed"]]) for r in parts}
+    if len(keys) != 1:
+        raise SystemExit("error: --merge needs outputs of the same config, overrides, folds and split seed")
+    rows = sorted((row for r in parts for row in r["per_fold"]), key=lambda row: row["fold"])
+    if len({row["fold"] for row in rows}) != len(rows):
+        raise SystemExit("error: --merge got the same fold twice")
+    cfg = make_config(parts[0]["config"], parts[0]["overrides"])
+    result = dict(parts[0], summary=summarise(rows, cfg.data.background_class), per_fold=rows,
+                  command=[r["command"] for r in parts], env=[r["env"] for r in parts])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    log_summary(result["summary"], len(rows))
+    return 0
+
+
+def log_summary(s: dict, n: int) -> None:
+    logging.info("macro F1 %.3f +- %.3f over %d folds; %s", s["macro_f1"]["mean"], s["macro_f1"]["std"], n,
+                 "  ".join(f"{c} {v['mean']:.3f} +- {v['std']:.3f}" for c, v in s["f1"].items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
@@ -84,8 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=time.strftime("cv-%Y%m%d-%H%M%S"), help="run name prefix")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--evaluate", action="store_true", help="also re-score each fold's checkpoint via trainer.evaluate")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="instead of training: merge the per-fold rows of these outputs (folds run as separate "
+                        "processes with --only) into --out")
     p.add_argument("overrides", nargs="*", help="key=value config overrides (as for trainer/run.py)")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
     cfg = make_config(args.config, args.overrides)  # fail on a bad key before any fold runs
     rows = []
     for fold in args.only if args.only is not None else range(args.folds):
@@ -105,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    s = result["summary"]
-    logging.info("macro F1 %.3f +- %.3f over %d folds; %s", s["macro_f1"]["mean"], s["macro_f1"]["std"], len(rows),
-                 "  ".join(f"{c} {v['mean']:.3f} +- {v['std']:.3f}" for c, v in s["f1"].items()))
+    log_summary(result["summary"], len(rows))
     return 0
 
 

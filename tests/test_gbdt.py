@@ -195,3 +195,25 @@ def test_gbdt_run_predict_evaluate_end_to_end(tiny, tmp_path, capsys):
 def test_gbdt_bad_key_is_one_line(tiny, caplog):
     assert main([*tiny, *GBDT_TINY, "gbdt_frame_stride=0"]) == 2
     assert "gbdt_frame_stride" in caplog.text
+
+
+@pytest.mark.slow  # two tiny folds through train() + evaluate: ~1 min on a busy 2-core machine
+def test_cv_script_runs_every_fold_and_merges(tiny, tmp_path):
+    from benchmarks import cv
+
+    args = ["--folds", "2", "--runs", str(tmp_path / "cv"), "--name", "t", *tiny, *GBDT_TINY]
+    assert cv.main([*args, "--out", str(tmp_path / "all.json"), "--evaluate"]) == 0
+    res = json.loads((tmp_path / "all.json").read_text())
+    assert [r["fold"] for r in res["per_fold"]] == [0, 1]
+    assert res["summary"]["macro_f1"]["n"] == 2 and "other" not in res["summary"]["f1"]
+    for r in res["per_fold"]:
+        assert r["evaluate"]["macro_f1"] == pytest.approx(r["macro_f1"], abs=1e-9)  # the predict path agrees
+    f1 = [r["macro_f1"] for r in res["per_fold"]]
+    assert res["summary"]["macro_f1"]["mean"] == pytest.approx(np.mean(f1))
+    assert res["summary"]["macro_f1"]["std"] == pytest.approx(np.std(f1, ddof=1))
+    # folds run as separate processes (--only) are merged into the same summary
+    for f in (0, 1):
+        (tmp_path / f"f{f}.json").write_text(json.dumps(dict(res, per_fold=[res["per_fold"][f]])))
+    assert cv.main(["--merge", str(tmp_path / "f1.json"), str(tmp_path / "f0.json"), "--out",
+                    str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["summary"] == res["summary"]

@@ -132,7 +132,7 @@ class Config:
     gbdt_min_samples_leaf: int = 40  # training frames per leaf, at least
     gbdt_l2_regularization: float = 0.0  # L2 penalty on leaf values
     gbdt_max_bins: int = 255  # histogram bins per feature (<= 255)
-    gbdt_frame_stride: int = 3  # train on every k-th frame: neighbouring frames are near duplicates
+    gbdt_frame_stride: int = 5  # train on every k-th frame: neighbouring frames are near duplicates
     gbdt_early_stopping: bool = True  # stop on the log-loss of held-out *training* videos
     gbdt_validation_fraction: float = 0.15  # fraction of training videos held out for that early stopping
     gbdt_n_iter_no_change: int = 15  # iterations without loss gain before stopping

@@ -152,6 +152,8 @@ class GBDTModel(nn.Module):
 
     def ensemble(self) -> TreeEnsemble:
         if self._ensemble is None:
+            if self.roots.ndim != 2:
+                raise RuntimeError("GBDTModel has no trees yet: fit it (trainer/gbdt.py) or load a checkpoint")
             self._ensemble = TreeEnsemble.from_tensors({k: getattr(self, k) for k in TreeEnsemble.ARRAYS})
         return self._ensemble
 
