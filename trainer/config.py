@@ -97,8 +97,9 @@ class Config:
     pca_components: int = 16  # PCA components of the centred pose
     include_temporal_stats: bool = True  # seed key: drop "temporal_stats" from features when false
     temporal_windows: list = field(default_factory=lambda: [0.25, 1.0])  # rolling-statistic windows, seconds
+    rolling_windows: list = field(default_factory=lambda: [1 / 6, 0.5, 1.5, 4.5, 13.5])  # rolling_stats windows, seconds (5/15/45/135/405 frames at 30 fps)
     # --- model ---
-    model_type: str = "conv_bilstm"  # conv_bilstm | transformer | per_frame_mlp (trainer.models.MODELS)
+    model_type: str = "conv_bilstm"  # conv_bilstm | transformer | per_frame_mlp | gbdt (trainer.models.MODELS)
     input_dim: int = 0  # seed key: raw coordinate count (2 mice x bodyparts x 2); 0 = not checked
     num_classes: int = 0  # 0 = from the data; else must equal the data's class count
     hidden_dim: int = 128  # transformer width / MLP width
@@ -124,6 +125,19 @@ class Config:
     scheduler_factor: float = 0.5  # plateau: lr multiplier
     min_lr: float = 1e-6  # floor of cosine / plateau
     early_stopping_patience: int = 0  # epochs without val macro-F1 gain before stopping; 0 = off
+    # --- gbdt (model_type=gbdt: per-frame HistGradientBoosting, trainer/gbdt.py) ---
+    gbdt_max_iter: int = 300  # boosting iterations (one tree per class each); early stopping may end sooner
+    gbdt_learning_rate: float = 0.1  # shrinkage of every tree
+    gbdt_max_leaf_nodes: int = 31  # leaves per tree
+    gbdt_min_samples_leaf: int = 40  # training frames per leaf, at least
+    gbdt_l2_regularization: float = 0.0  # L2 penalty on leaf values
+    gbdt_max_bins: int = 255  # histogram bins per feature (<= 255)
+    gbdt_frame_stride: int = 5  # train on every k-th frame: neighbouring frames are near duplicates
+    gbdt_early_stopping: bool = True  # stop on the log-loss of held-out *training* videos
+    gbdt_validation_fraction: float = 0.15  # fraction of training videos held out for that early stopping
+    gbdt_n_iter_no_change: int = 15  # iterations without loss gain before stopping
+    gbdt_eval_every: int = 25  # iterations between metrics.jsonl / TensorBoard rows (staged val scores)
+    gbdt_rolling: bool = True  # append 'rolling_stats' to features: a per-frame model's only context
     # --- loss ---
     loss: str = "cross_entropy"  # cross_entropy | focal
     focal_gamma: float = 2.0  # focal loss exponent

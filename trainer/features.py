@@ -21,6 +21,7 @@ import numpy as np
 
 from trainer.data.recording import DataError, Recording
 from trainer.features_pairwise import egocentric_pair, pair_geometry
+from trainer.features_rolling import rolling_stats
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -241,6 +242,7 @@ FEATURES: dict[str, Feature] = {
     # cross-lab features (trainer/features_pairwise.py): agent-centred, heading-aligned
     "egocentric_pair": Feature(egocentric_pair),
     "pair_geometry": Feature(pair_geometry),
+    "rolling_stats": Feature(rolling_stats),  # long-context rolling mean/std (trainer/features_rolling.py)
 }
 
 

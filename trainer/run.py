@@ -46,7 +46,7 @@ from trainer.data.recording import DataError
 from trainer.data.windows import WindowDataset, make_sequences
 from trainer.engine import NonFiniteLossError, evaluate, train_one_epoch
 from trainer.features import FeaturePipeline, raw_coordinate_count
-from trainer.models import build_model, count_parameters
+from trainer.models import build_model, count_parameters, model_trainer
 
 log = logging.getLogger("trainer")
 
@@ -191,7 +191,8 @@ def prepare_data(cfg: Config, recordings=None) -> Data:
     pipeline = FeaturePipeline(
         cfg.feature_names(),
         bodyparts=bodyparts,
-        params={"pca_components": cfg.pca_components, "temporal_windows": list(cfg.temporal_windows)},
+        params={"pca_components": cfg.pca_components, "temporal_windows": list(cfg.temporal_windows),
+                "rolling_windows": list(cfg.rolling_windows)},
     )
     train_seqs = make_sequences(train_recs, pipeline.fit_transform(train_recs), len(class_names))
     val_seqs = make_sequences(val_recs, [pipeline.transform(r) for r in val_recs], len(class_names))
@@ -419,6 +420,9 @@ def train(
     on_checkpoint(path): called after each checkpoint is published (Modal commits its volume here).
     Raises ConfigError / DataError / NonFiniteLossError for user-caused problems.
     """
+    custom = model_trainer(cfg.model_type)  # e.g. gbdt: fitted by scikit-learn (trainer/gbdt.py)
+    if custom is not None:
+        return custom(cfg, recordings=recordings, on_epoch_end=on_epoch_end, on_checkpoint=on_checkpoint)
     t_start = time.perf_counter()
     run_dir, resume_from = resolve_run(cfg)
     accelerator, precision = make_accelerator(cfg, run_dir)

@@ -6,11 +6,14 @@ the ones a model needs from the config, so models never see the whole config.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+from collections.abc import Callable
 
 from torch import nn
 
 from trainer.models.conv_bilstm import ConvBiLSTM
+from trainer.models.gbdt import GBDTModel
 from trainer.models.per_frame_mlp import PerFrameMLP
 from trainer.models.transformer import TransformerTagger
 
@@ -18,7 +21,19 @@ MODELS: dict[str, type[nn.Module]] = {
     "conv_bilstm": ConvBiLSTM,
     "transformer": TransformerTagger,
     "per_frame_mlp": PerFrameMLP,  # baseline without temporal context
+    "gbdt": GBDTModel,  # per-frame gradient-boosted trees (context via rolling_stats features)
 }
+
+# models not trained by the Accelerate loop: name -> "module:function" with train()'s signature
+TRAINERS: dict[str, str] = {"gbdt": "trainer.gbdt:train_gbdt"}
+
+
+def model_trainer(model_type: str) -> Callable | None:
+    """The training entry of a model fitted outside the Accelerate loop, else None."""
+    if model_type not in TRAINERS:
+        return None
+    module, fn = TRAINERS[model_type].split(":")
+    return getattr(importlib.import_module(module), fn)
 
 
 def build_model(cfg, *, input_dim: int, num_classes: int) -> nn.Module:
