@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 
 import matplotlib.colors as mcolors
 import numpy as np
@@ -15,6 +16,7 @@ from trainer.plots import BACKGROUND_COLOR, OKABE_ITO, behaviour_colors, confusi
 from trainer.run import hparams_of, is_hparam, main
 
 CLASSES = ["other", "investigation", "mount", "attack"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_predict_prints_per_class_and_macro_f1_when_truth_is_known(tiny, tmp_path, caplog):
@@ -28,6 +30,15 @@ def test_predict_prints_per_class_and_macro_f1_when_truth_is_known(tiny, tmp_pat
     text = caplog.text
     for c in CLASSES:
         assert re.search(rf"^\s+{c}\s+(\d\.\d{{3}}|n/a)\s+\(\d+ frames\)", text, re.M), c
+    # the README's column lists are the files' columns
+    import pandas as pd
+
+    readme = (ROOT / "README.md").read_text()
+    cols = [c for c in pd.read_csv(tmp_path / "preds.csv", nrows=1).columns if not c.startswith("prob_")]
+    assert cols == ["video_id", "frame", "agent", "target", "pred", "final", "true"]
+    assert "`video_id, frame, agent, target, pred, prob_<class>…, final, true`" in readme
+    intervals = list(pd.read_csv(tmp_path / "preds_intervals.csv", nrows=1).columns)
+    assert f"`{', '.join(intervals)}`" in readme and "preds_intervals.csv" in readme
     macro = float(re.search(r"macro F1\s+(\d\.\d{3})", text).group(1))
     # the validation videos again, scored the same way as training's best epoch
     assert abs(macro - json.loads((run / "metrics.json").read_text())["val_macro_f1"]) < 2e-3
