@@ -442,8 +442,9 @@ class StreamTrial(ray_tune.Trainable):
     def setup(self, config: dict, *, sweep: Sweep, stream: Callable[..., Iterator[dict]]):
         # the complete config as flat overrides (validated by the driver's check_space and again remotely;
         # no make_config here, which would import torch into this waiting actor)
-        overrides = {**flat_dict(sweep.base), **parse_space(sweep.space).overrides(config),
-                     "name": f"{sweep.name}-{self.trial_id}", "resume": "auto"}
+        space = parse_space(sweep.space)
+        overrides = {**flat_dict(sweep.base), **space.overrides(config),
+                     "name": f"{sweep.name}-{trial_run_name(self.trial_id, space, config)}", "resume": "auto"}
         overrides.pop("output_dir")  # the remote side decides where its runs live
         self.epochs = int(overrides["epochs"])
         self.rows = stream(overrides, gpu=sweep.gpu)

@@ -71,3 +71,15 @@ def test_launcher_arguments_are_found_in_the_parent_command(parent, expected):
     from trainer.run import _launcher_args
 
     assert _launcher_args(parent) == expected
+
+
+@pytest.mark.slow
+def test_under_accelerate_launch_the_trainer_still_says_one_line(tmp_path):
+    """`accelerate launch` adds its own notice and (without -q) a traceback on any non-zero exit; that is the
+    launcher's, documented in docs/options.md. The trainer's own part stays the same one line, and with -q
+    the launcher adds no traceback (its exit code is then 1)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "-q", str(ROOT / "trainer/run.py"), "lerning_rate=0.1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV, cwd=tmp_path)
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert ours == ["error: override: unknown config key 'lerning_rate'; did you mean 'learning_rate'?"]
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -277,3 +278,22 @@ def test_resume_after_the_driver_is_killed_redoes_no_finished_work(ray_cluster, 
     assert (first / "metrics.json").stat().st_mtime_ns == first_done  # the finished trial did not run again
     assert len((second / "command.txt").read_text().splitlines()) == 2  # started, then resumed
     assert (tmp_path / "r" / "best.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_smoke_test_console_ends_with_the_summary(tmp_path):
+    """tune.py --smoke-test as a user sees it: a line per trial, then the table, nothing wide or late."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "tune.py", "--smoke-test", "--storage", str(tmp_path)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    lines = out.stdout.rstrip().splitlines()
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert len(lines) <= 20 and max(len(line) for line in lines) <= 160, out.stdout
+    for noise in ("Checkpoint successfully created", "Token authentication", "pid=", "╭", "Trial status"):
+        assert noise not in out.stdout, noise
+    assert sum(bool(re.match(r"trial \d+ ended after \d+ epoch", line)) for line in lines) == 2
+    header = next(i for i, line in enumerate(lines) if line.startswith("trial ") and "val_macro_f1" in line)
+    assert lines[-2].startswith("best config:  python trainer/run.py --config ")
+    assert lines[-1].startswith("TensorBoard:  tensorboard --logdir ")
+    assert not any(re.match(r"trial \d+ ended", line) for line in lines[header:])  # nothing arrives late

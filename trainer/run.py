@@ -1,8 +1,9 @@
 """Train a per-frame behaviour classifier.
 
-    accelerate launch trainer/run.py                         # default: synthetic data, CPU, ~2 min
+    python trainer/run.py                                    # default: synthetic data, CPU, ~1 min
     python trainer/run.py --config configs/v4_conv_bilstm_a10g.yaml epochs=3 batch_size=16
-    accelerate launch trainer/run.py --resume runs/<name>    # continue an interrupted run
+    python trainer/run.py --resume runs/<name>               # continue an interrupted run
+    accelerate launch --multi_gpu --num_processes 2 trainer/run.py ...   # several processes / GPUs
 
 `train(cfg, ...)` is the one training entry: tune.py, modal_cluster.py and benchmarks call it.
 """
