@@ -1,6 +1,6 @@
 """Train a per-frame behaviour classifier.
 
-    python trainer/run.py                                    # default: synthetic data, CPU, ~1 min
+    python trainer/run.py                                    # default: synthetic data, CPU, minutes
     python trainer/run.py --config configs/v4_conv_bilstm_a10g.yaml epochs=3 batch_size=16
     python trainer/run.py --resume runs/<name>               # continue an interrupted run
     accelerate launch --multi_gpu --num_processes 2 trainer/run.py ...   # several processes / GPUs
