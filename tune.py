@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -162,6 +163,13 @@ class Space:
 
     def to_ray(self) -> dict:
         return {name: dist.to_ray() for name, dist in self.params.items()}
+
+    def swept_keys(self) -> list[str]:
+        """Config keys that differ between trials (class_weights once for its per-class parameters)."""
+        keys = [name for name in self.params if not name.startswith("class_weights.")]
+        if any(isinstance(w, str) for w in self.class_weights or []):
+            keys.append("class_weights")
+        return keys
 
 
 def _section_keys(keys: list[str]) -> set[str]:
@@ -344,13 +352,52 @@ class Sweep:
         return cls(**json.loads((path / "sweep.json").read_text()))
 
 
+def _short(v) -> str:
+    """A value as it reads in a run name: 3 significant digits, lists joined by '_'."""
+    return "_".join(_short(x) for x in v) if isinstance(v, list) else _fmt(v)
+
+
+def trial_run_name(trial_id: str, space: Space, params: dict) -> str:
+    """'trial_001-learning_rate=0.00453,batch_size=32': the trial's number and swept values.
+
+    The trial's run directory and its name in TensorBoard; deterministic, so `--resume` finds it again.
+    """
+    number = trial_id.rsplit("_", 1)[-1]
+    overrides = space.overrides(params)
+    values = ",".join(f"{k.rsplit('.', 1)[-1]}={_short(overrides[k])}" for k in space.swept_keys())
+    name = f"trial_{int(number):03d}" + (f"-{values}" if values else "") if number.isdigit() else trial_id
+    return "".join(c if c.isalnum() or c in "._=,+-" else "_" for c in name)[:120]
+
+
+class TrialDirname:
+    """Ray's trial_dirname_creator: the same name as the trial's run directory (a class: Tune pickles it)."""
+
+    def __init__(self, space_raw: dict):
+        self.space_raw = space_raw
+
+    def __call__(self, trial) -> str:
+        return trial_run_name(trial.trial_id, parse_space(self.space_raw), trial.config)
+
+
 def trial_config_overrides(sweep: Sweep, params: dict, trial_id: str) -> dict:
     """Overrides of one trial on top of sweep.base: the sampled values, and a run directory per trial.
 
     resume=auto: a trial restarted by `--resume` continues from its own last checkpoint.
     """
-    return {**parse_space(sweep.space).overrides(params),
-            "output_dir": str(sweep.runs_dir), "name": trial_id, "resume": "auto"}
+    space = parse_space(sweep.space)
+    return {**space.overrides(params), "output_dir": str(sweep.runs_dir),
+            "name": trial_run_name(trial_id, space, params), "resume": "auto"}
+
+
+def _pointer_checkpoint(path: str, report: Callable[[ray_tune.Checkpoint], None]) -> None:
+    """Report a Tune checkpoint that names the trainer's checkpoint instead of copying it.
+
+    The weights stay once, in the trial's run directory (checkpoints/last, best); Tune keeps a
+    few bytes for its bookkeeping (resume restarts the trial with resume=auto on its run directory).
+    """
+    with tempfile.TemporaryDirectory(prefix="tune-ckpt-") as tmp:
+        (Path(tmp) / "trainer_checkpoint.json").write_text(json.dumps({"path": path}))
+        report(ray_tune.Checkpoint.from_directory(tmp))
 
 
 def _metrics(row: dict) -> dict:
@@ -367,20 +414,22 @@ def run_local_trial(params: dict, *, sweep: Sweep) -> None:
 
     final: list[dict] = []
 
+    def send(row: dict) -> None:
+        metrics = _metrics({k: v for k, v in row.items() if k != "checkpoint"})
+        _pointer_checkpoint(row["checkpoint"], lambda ck: ray_tune.report(metrics, checkpoint=ck))
+
     def report(row: dict) -> None:
-        row = dict(row, run_dir=str(sweep.runs_dir / trial_id))
+        row = dict(row, run_dir=str(sweep.runs_dir / cfg.name))
         if row["epoch"] == cfg.epochs:
             # reported once train() has returned: Tune stops a trial on its last report (ASHA at max_t),
             # which would cut the run's finish (metrics.json) short
             final.append(row)
             return
-        checkpoint = ray_tune.Checkpoint.from_directory(row.pop("checkpoint"))
-        ray_tune.report(_metrics(row), checkpoint=checkpoint)
+        send(row)
 
-    train(cfg, on_epoch_end=report)
+    train(cfg, on_epoch_end=report, hparam_keys=parse_space(sweep.space).swept_keys())
     for row in final:
-        checkpoint = ray_tune.Checkpoint.from_directory(row.pop("checkpoint"))
-        ray_tune.report(_metrics(row), checkpoint=checkpoint)
+        send(row)
 
 
 class StreamTrial(ray_tune.Trainable):
@@ -396,8 +445,9 @@ class StreamTrial(ray_tune.Trainable):
     def setup(self, config: dict, *, sweep: Sweep, stream: Callable[..., Iterator[dict]]):
         # the complete config as flat overrides (validated by the driver's check_space and again remotely;
         # no make_config here, which would import torch into this waiting actor)
-        overrides = {**flat_dict(sweep.base), **parse_space(sweep.space).overrides(config),
-                     "name": f"{sweep.name}-{self.trial_id}", "resume": "auto"}
+        space = parse_space(sweep.space)
+        overrides = {**flat_dict(sweep.base), **space.overrides(config),
+                     "name": f"{sweep.name}-{trial_run_name(self.trial_id, space, config)}", "resume": "auto"}
         overrides.pop("output_dir")  # the remote side decides where its runs live
         self.epochs = int(overrides["epochs"])
         self.rows = stream(overrides, gpu=sweep.gpu)
@@ -498,13 +548,25 @@ def fit_interruptibly(tuner) -> tuple[object, bool]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _trial_dirname(trial) -> str:
-    return trial.trial_id
-
-
 def max_epochs(sweep: Sweep) -> int:
     dist = parse_space(sweep.space).params.get("epochs")
     return int(max(dist.probes())) if dist is not None else int(sweep.base["epochs"])
+
+
+class TrialLines(ray_tune.Callback):
+    """One console line per trial that ends (finished, stopped by ASHA or errored), in the driver."""
+
+    def _line(self, trial, how: str) -> None:
+        r = trial.last_result or {}
+        score = r.get(METRIC)
+        log.info("trial %s %s after %s epoch(s): best val macro F1 %s", trial.trial_id.rsplit("_", 1)[-1], how,
+                 r.get("epoch", 0), "-" if score is None else f"{score:.4f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trial, "ended")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "failed")
 
 
 def make_tuner(sweep: Sweep, trainable, *, num_samples: int, scheduler: str, search: str, max_concurrent: int,
@@ -539,16 +601,17 @@ def make_tuner(sweep: Sweep, trainable, *, num_samples: int, scheduler: str, sea
         tune_config=ray_tune.TuneConfig(
             metric=METRIC, mode="max", num_samples=num_samples, scheduler=sched, search_alg=search_alg,
             max_concurrent_trials=(max_concurrent or None) if search == "optuna" else None,
-            trial_dirname_creator=_trial_dirname,
+            trial_dirname_creator=TrialDirname(sweep.space),
             reuse_actors=reuse_actors,
         ),
         run_config=ray_tune.RunConfig(
             name=sweep.name, storage_path=sweep.storage,
             failure_config=ray_tune.FailureConfig(max_failures=0),  # an errored trial stays errored; others go on
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
-            # not Ray's own TensorBoard files: see run_sweep
-            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), StatusSnapshot(sweep.name)],
-            verbose=1,
+            # no Ray TensorBoard (see run_sweep); Ray's own reporter prints wide tables every few seconds,
+            # TrialLines says what ended; StatusSnapshot knows which trials an interrupt caught
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TrialLines(), StatusSnapshot(sweep.name)],
+            verbose=0,
         ),
     )
 
@@ -563,6 +626,9 @@ def run_sweep(sweep: Sweep, *, backend: Callable | None = None, resume: bool = F
     # num_to_keep=1 snapshots the experiment state at every checkpoint, as resume needs; with epochs of
     # seconds (smoke tests) Ray would warn about that on every epoch
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # verbose=0 silences Tune's progress tables, but its newer console engine still prints an experiment
+    # box and a "View detailed results" line; the classic engine at verbose=0 prints nothing
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     trainable = (backend or BACKENDS[sweep.backend])(sweep)
     resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
     # a local trial reuses its predecessor's worker (no new process, no second torch import)
@@ -692,20 +758,25 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _trial_number(run_name: str) -> str:
+    """'trial_001-learning_rate=...' -> 'trial_001' (the swept values have their own columns)."""
+    return run_name.split("-", 1)[0]
+
+
 def format_table(rows: list[dict]) -> str:
     keys = list(dict.fromkeys(k for r in rows for k in r["params"]))
     head = ["trial", "status", "epochs", "val_macro_f1", *keys, "time_s"]
-    body = [[r["trial"], r["status"], str(r["epochs"]),
+    body = [[_trial_number(r["trial"]), r["status"], str(r["epochs"]),
              "-" if r["val_macro_f1"] is None else f"{r['val_macro_f1']:.4f}",
              *[_fmt(r["params"].get(k, "")) for k in keys],
              "-" if r["time_s"] is None else f"{r['time_s']:.0f}"] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
-    lines += [f"  {r['trial']}: {r['error']}" for r in rows if r["error"]]
+    lines += [f"  {_trial_number(r['trial'])}: {r['error']}" for r in rows if r["error"]]
     base = next((r for r in rows if r.get("base_config")), None)
     if base is not None and base["val_macro_f1"] is not None and rows[0]["val_macro_f1"] is not None:
-        lines.append(f"base config = trial {base['trial']} ({base['val_macro_f1']:.4f}); best - base = "
+        lines.append(f"base config = {_trial_number(base['trial'])} ({base['val_macro_f1']:.4f}); best - base = "
                      f"{rows[0]['val_macro_f1'] - base['val_macro_f1']:+.4f} val macro F1")
     return "\n".join(lines)
 
@@ -787,10 +858,14 @@ def init_ray() -> None:
         return
     # trials' tqdm bars would interleave in this console; workers inherit this, Tune's table shows progress
     os.environ.setdefault("TQDM_DISABLE", "1")
+    # trials' own console output (their per-epoch lines and reports) would arrive after the summary
+    # table; Tune records their results and errors, and their logs stay in Ray's session log directory
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING, log_to_driver=False)
     else:
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        # Ray turns token authentication on for a new local cluster (good) and warns about it on every start
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@
     python benchmarks/plot.py --markdown                       # the same results as Markdown tables
 
 Top row: it/s (log scale); bottom row: peak memory (GPU: max allocated, solid; CPU: peak RSS,
-dashed). One column per model; one line per (device, precision actually used, model size,
+dashed; the axis label names only the kinds present). One column per model; one line per (device, precision actually used, model size,
 sequence length). The newest record of each point wins.
 """
 
@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,37 +42,72 @@ def series(records: list[dict], include_quick: bool = False) -> dict:
 def label(key) -> str:
     name, precision, size, seq_len, threads = key
     cpu = f", {threads} thr" if threads else ""
+    size = {"seed": "preset size"}.get(size, size)  # bench_train's "seed": the two reference presets' sizes
     return f"{name}{cpu} {precision} ({size}, T={seq_len})"
 
 
-def plot(records: list[dict], out: Path, include_quick: bool = False) -> Path | None:
+def _plain_log_axis(axis, ticks: list[float] | None = None) -> None:
+    """Log axis labelled with plain numbers (16, 64, 0.5) instead of 2^5 / 6x10^0, no unlabelled minor ticks.
+
+    ticks: where to put them (the batch sizes measured); default 1-2-5 steps.
+    """
+    if ticks is not None:
+        axis.set_major_locator(FixedLocator(ticks))
+    else:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_locator(NullLocator())
+
+
+def memory_label(gpu: bool, cpu: bool) -> str:
+    """Y label of a memory panel naming only the kinds of curve it holds."""
+    kinds = [k for k, present in (("GPU max allocated, solid", gpu), ("CPU peak RSS, dashed", cpu)) if present]
+    return f"peak memory, MB ({'; '.join(kinds)})"
+
+
+def figure(records: list[dict], include_quick: bool = False):
+    """Top row it/s, bottom row peak memory; one column per model. None without model-suite records."""
     data = series(records, include_quick)
     if not data:
-        print("no model-suite records to plot (run benchmarks/bench_train.py first)")
         return None
     models = sorted(data)
     fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 7.5), squeeze=False)
     for j, m in enumerate(models):
         top, bottom = axes[0][j], axes[1][j]
+        has_gpu = has_cpu = False
         for key, pts in sorted(data[m].items()):
             bs = sorted(pts)
             line = top.plot(bs, [pts[b]["it_per_s"] for b in bs], marker="o", label=label(key))[0]
             gpu = [b for b in bs if "peak_gpu_mem_allocated_mb" in pts[b]]
             if gpu:
-                bottom.plot(gpu, [pts[b]["peak_gpu_mem_allocated_mb"] for b in gpu], marker="o", color=line.get_color())
+                bottom.plot(gpu, [pts[b]["peak_gpu_mem_allocated_mb"] for b in gpu], marker="o",
+                            color=line.get_color(), label=f"{label(key)}, GPU")
             cpu = [b for b in bs if "peak_gpu_mem_allocated_mb" not in pts[b] and "peak_cpu_rss_mb" in pts[b]]
             if cpu:
-                bottom.plot(cpu, [pts[b]["peak_cpu_rss_mb"] for b in cpu], marker="s", ls="--", color=line.get_color())
+                bottom.plot(cpu, [pts[b]["peak_cpu_rss_mb"] for b in cpu], marker="s", ls="--",
+                            color=line.get_color(), label=f"{label(key)}, CPU RSS")
+            has_gpu, has_cpu = has_gpu or bool(gpu), has_cpu or bool(cpu)
+        batches = sorted({b for pts in data[m].values() for b in pts})
         for ax in (top, bottom):
             ax.set_xscale("log", base=2)
+            _plain_log_axis(ax.xaxis, batches)
             ax.set_xlabel("batch size (windows)")
-            ax.grid(True, which="both", alpha=0.3)
+            ax.grid(True, which="major", alpha=0.3)
+            ax.legend(fontsize=7)
         top.set_yscale("log")
+        _plain_log_axis(top.yaxis)
         top.set_title(m)
         top.set_ylabel("training it/s (median)")
-        bottom.set_ylabel("peak memory, MB (GPU alloc solid, CPU RSS dashed)")
-        top.legend(fontsize=7)
+        bottom.set_ylabel(memory_label(has_gpu, has_cpu))
     fig.tight_layout()
+    return fig
+
+
+def plot(records: list[dict], out: Path, include_quick: bool = False) -> Path | None:
+    fig = figure(records, include_quick)
+    if fig is None:
+        print("no model-suite records to plot (run benchmarks/bench_train.py first)")
+        return None
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -195,3 +195,25 @@ def test_gpu_model_suite_records_memory_and_precision(tmp_path):
     for r in timed:
         assert r["peak_gpu_mem_allocated_mb"] > 0 and r["peak_gpu_mem_reserved_mb"] >= r["peak_gpu_mem_allocated_mb"]
         assert r["env"]["cuda"] and r["device_slug"].startswith("cuda-")
+
+
+def test_throughput_figure_reads_plainly():
+    """The committed results: ticks at the measured batch sizes in plain numbers, a legend on every panel,
+    and a memory label that names only the kinds of curve drawn."""
+    records = check_claims.load_records(None)
+    fig = plot.figure(records)
+    assert fig is not None
+    fig.canvas.draw()
+    data = plot.series(records)
+    for j, model in enumerate(sorted(data)):
+        batches = sorted({b for pts in data[model].values() for b in pts})
+        top, bottom = fig.axes[j], fig.axes[len(data) + j]
+        for ax in (top, bottom):
+            assert [t.get_text() for t in ax.get_xticklabels()] == [str(b) for b in batches]
+            assert ax.get_legend() is not None and ax.get_legend().get_texts()
+            assert not ax.xaxis.get_minor_ticks()
+        for t in top.get_yticklabels():  # 0.5, 1, 2, 5, ... not 6x10^0 or 2^5
+            assert t.get_text() == "" or float(t.get_text()) > 0, t.get_text()
+        gpu = any("peak_gpu_mem_allocated_mb" in r for pts in data[model].values() for r in pts.values())
+        cpu = any("peak_gpu_mem_allocated_mb" not in r for pts in data[model].values() for r in pts.values())
+        assert ("GPU" in bottom.get_ylabel()) == gpu and ("CPU" in bottom.get_ylabel()) == cpu

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,18 +169,32 @@ def test_asha_stops_the_weak_trial_and_a_failing_trial_does_not_stop_the_sweep(s
 
 def test_trials_share_one_tensorboard_dir_with_hparams(sweep_result):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
 
-    sweep, by_weights, _ = sweep_result
+    sweep, by_weights, rows = sweep_result
     runs = sorted(p for p in sweep.runs_dir.iterdir() if (p / "metrics.jsonl").is_file())
     assert len(runs) == 2  # the errored trial failed before its first epoch
+    # run names: the trial's number and its swept values, no '/tb'
+    assert [p.name for p in runs] == ["trial_000-class_weights=1_5_5_5", "trial_001-class_weights=1_0_0_0"]
     for run in runs:
-        ea = EventAccumulator(str(run / "tb"))
+        ea = EventAccumulator(str(run))
         ea.Reload()
-        assert "val/macro_f1" in ea.Tags()["scalars"]
-        assert any(b"class_weights_1" in v for v in ea.PluginTagToContent("hparams").values())
-    # each trial reported a Tune checkpoint (a copy of the run's checkpoints/last)
+        assert "0_val/best_macro_f1" in ea.Tags()["scalars"]
+        content = ea.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        assert set(start.session_start_info.hparams) == {f"class_weights_{i}" for i in range(4)}  # the swept key
+        exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+        assert exp.experiment.metric_infos[0].name.tag == "0_val/best_macro_f1"
+        # HParams and the sweep table agree: both show the best epoch so far
+        best = ea.Scalars("0_val/best_macro_f1")[-1].value
+        row = next(r for r in rows if r["run_dir"] == str(run))
+        assert abs(best - row["val_macro_f1"]) < 1e-6
+    # the weights are stored once, in the trial's run directory; Tune's checkpoints only point there
+    assert not [p for p in sweep.dir.rglob("model.safetensors") if sweep.runs_dir not in p.parents]
     good = Path(by_weights["[1, 5, 5, 5]"]["run_dir"])
-    assert list((sweep.dir / good.name).glob("checkpoint_*/model.safetensors"))
+    pointers = list((sweep.dir / good.name).glob("checkpoint_*/trainer_checkpoint.json"))
+    assert pointers and all(Path(json.loads(p.read_text())["path"]).is_dir() for p in pointers)
+    assert (good / "checkpoints" / "best" / "model.safetensors").is_file()
 
 
 def test_best_yaml_is_a_complete_config_that_reproduces_the_best_trial(sweep_result, tmp_path):
@@ -263,3 +278,22 @@ def test_resume_after_the_driver_is_killed_redoes_no_finished_work(ray_cluster, 
     assert (first / "metrics.json").stat().st_mtime_ns == first_done  # the finished trial did not run again
     assert len((second / "command.txt").read_text().splitlines()) == 2  # started, then resumed
     assert (tmp_path / "r" / "best.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_smoke_test_console_ends_with_the_summary(tmp_path):
+    """tune.py --smoke-test as a user sees it: a line per trial, then the table, nothing wide or late."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "tune.py", "--smoke-test", "--storage", str(tmp_path)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    lines = out.stdout.rstrip().splitlines()
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert len(lines) <= 20 and max(len(line) for line in lines) <= 160, out.stdout
+    for noise in ("Checkpoint successfully created", "Token authentication", "pid=", "╭", "Trial status"):
+        assert noise not in out.stdout, noise
+    assert sum(bool(re.match(r"trial \d+ ended after \d+ epoch", line)) for line in lines) == 2
+    header = next(i for i, line in enumerate(lines) if line.startswith("trial ") and "val_macro_f1" in line)
+    assert lines[-2].startswith("best config:  python trainer/run.py --config ")
+    assert lines[-1].startswith("TensorBoard:  tensorboard --logdir ")
+    assert not any(re.match(r"trial \d+ ended", line) for line in lines[header:])  # nothing arrives late

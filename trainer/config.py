@@ -90,6 +90,7 @@ class Config:
     window_stride: int = 0  # frames between training window starts; 0 = sequence_length // 2
     frame_gap: int = 1  # take every frame_gap-th frame inside a window
     num_workers: int = 0  # DataLoader workers (0 = load in the main process)
+    threads: int = 0  # CPU threads torch may use (torch.set_num_threads); 0 = torch's choice (one per core)
     # --- features ---
     use_feature_engineering: bool = True  # false = raw coordinates (+ mask) only
     features: list = field(default_factory=lambda: list(DEFAULT_FEATURES))  # names from trainer.features.FEATURES
@@ -366,6 +367,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'fps' must be in 1-1000 frames per second, got {cfg.fps:g}")
     if cfg.learning_rate <= 0:
         raise ConfigError("config key 'learning_rate' must be > 0")
+    if cfg.threads < 0:
+        raise ConfigError("config key 'threads' must be >= 0 (0 = torch's choice)")
     if cfg.grad_accum_steps < 1:
         raise ConfigError("config key 'grad_accum_steps' must be >= 1")
     if cfg.conv_kernel % 2 == 0:

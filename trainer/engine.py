@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -92,8 +93,11 @@ def mixup(batch: dict, alpha: float, generator: torch.Generator) -> tuple[dict, 
 
 
 def _bars_off(accelerator) -> bool:
-    """Progress bars on the local main process only; TQDM_DISABLE=1 (e.g. Ray Tune trials) hides them."""
-    return not accelerator.is_local_main_process or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+    """Progress bars on the local main process, on a terminal only: redirected to a file or a CI log,
+    every refresh would be a line of its own (the per-epoch summary lines are logged either way).
+    TQDM_DISABLE=1 (e.g. Ray Tune trials) hides them too."""
+    return (not accelerator.is_local_main_process or not sys.stderr.isatty()
+            or os.environ.get("TQDM_DISABLE", "") not in ("", "0"))
 
 
 def train_one_epoch(
@@ -151,7 +155,9 @@ def train_one_epoch(
                 raise NonFiniteLossError(epoch, step, mean)
             window.zero_()
             bar.set_postfix(loss=f"{mean:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            accelerator.log({"train/loss_step": mean, "train/lr": optimizer.param_groups[0]["lr"]}, step=global_step)
+            # per optimizer step, apart from the per-epoch charts (run.py names the TensorBoard groups)
+            accelerator.log({"3_train_step/loss": mean, "3_train_step/lr": optimizer.param_groups[0]["lr"]},
+                            step=global_step)
     mean = accelerator.gather(total[None]).mean().item() / max(1, n_batches)
     if not math.isfinite(mean):
         raise NonFiniteLossError(epoch, n_batches - 1, mean)

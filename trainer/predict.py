@@ -179,7 +179,7 @@ def frame_table(recs: list[Recording], probs: list[list[np.ndarray]], class_name
     return pd.concat(parts, ignore_index=True)
 
 
-def save_ethogram(path: Path, recs, probs, class_names, max_tracks: int = 8) -> None:
+def save_ethogram(path: Path, recs, probs, class_names, max_tracks: int = 8, background: str | None = None) -> None:
     from trainer.plots import ethogram_figure
 
     tracks = []
@@ -187,7 +187,7 @@ def save_ethogram(path: Path, recs, probs, class_names, max_tracks: int = 8) -> 
         for p, pr in enumerate(per_pair):
             true = r.labels[:, p] if r.labels is not None else None
             tracks.append((f"{r.video_id} {r.pair_name(p)}", pr.argmax(axis=1), true))
-    fig = ethogram_figure(tracks[:max_tracks], class_names, recs[0].fps)
+    fig = ethogram_figure(tracks[:max_tracks], class_names, recs[0].fps, background=background)
     fig.savefig(path, dpi=100)
 
 
@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             pred = Predictor.load(args.checkpoint)
             recs = select_recordings(pred, args)
             probs = pred.probabilities(recs, batch_size=args.batch_size)
-            labels = pred.postprocess(recs, probs, settings_from_args(pred, args))
+            settings = settings_from_args(pred, args)
+            labels = pred.postprocess(recs, probs, settings)
     except (ConfigError, DataError) as e:
         log.error("error: %s", e)
         return 2
@@ -254,10 +255,26 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(mabe_submission(recs, labels, background=pred.background), sub)
         log.info("wrote the Kaggle submission %s", sub)
     png = out.with_name(f"{out.stem}_ethogram.png")
-    save_ethogram(png, recs, probs, pred.class_names)
+    save_ethogram(png, recs, probs, pred.class_names, background=pred.class_names[pred.background])
     log.info("wrote %d frames of %d videos to %s, intervals to %s and the ethogram to %s",
              len(table), len(recs), out, intervals, png)
+    if recs and all(r.labels is not None for r in recs):
+        log.info("%s", score_report(pred, recs, probs, labels if settings != PostprocessSettings() else None))
     return 0
+
+
+def score_report(pred: Predictor, recs: list[Recording], probs, post: list[np.ndarray] | None) -> str:
+    """Where the true labels are known: evaluate's per-class F1 / macro F1 report of `pred` (and `final`)."""
+    from trainer.evaluate import format_report, scores_of  # evaluate builds on this module
+
+    raw = [np.stack([pr.argmax(axis=1) for pr in per_pair], axis=1) for per_pair in probs]
+    return format_report({
+        "videos": len(recs),
+        "labelled_frames": int(sum((r.labels != UNLABELLED).sum() for r in recs)),
+        "class_names": pred.class_names,
+        "raw": scores_of(recs, raw, pred),
+        "postprocessed": scores_of(recs, post, pred) if post is not None else None,
+    })
 
 
 def add_postprocess_args(p: argparse.ArgumentParser) -> None:

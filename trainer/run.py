@@ -1,8 +1,9 @@
 """Train a per-frame behaviour classifier.
 
-    accelerate launch trainer/run.py                         # default: synthetic data, CPU, ~2 min
+    python trainer/run.py                                    # default: synthetic data, CPU, minutes
     python trainer/run.py --config configs/v4_conv_bilstm_a10g.yaml epochs=3 batch_size=16
-    accelerate launch trainer/run.py --resume runs/<name>    # continue an interrupted run
+    python trainer/run.py --resume runs/<name>               # continue an interrupted run
+    accelerate launch --multi_gpu --num_processes 2 trainer/run.py ...   # several processes / GPUs
 
 `train(cfg, ...)` is the one training entry: tune.py, modal_cluster.py and benchmarks call it.
 """
@@ -24,6 +25,7 @@ import math
 import os
 import platform
 import resource
+import shlex
 import shutil
 import subprocess
 import time
@@ -306,10 +308,37 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def hparams_of(cfg: Config, precision: str) -> dict:
-    """Flat, TensorBoard-safe hparams: lists become one entry per element (class_weights_0, ...)."""
+# Config keys that are not hyper-parameters: where a run lives, how it is logged, which hardware
+# runs it. TensorBoard's HParams tab shows them first when they differ between runs (run names do).
+NOT_HPARAMS = frozenset({
+    "name", "output_dir", "resume", "device", "log_every", "train_data_dir", "val_data_dir", "num_workers",
+    "threads", "input_dim", "num_classes", "checkpoint_dir", "save_freq", "modal_gpu", "modal_timeout",
+    "mixed_precision",  # replaced by precision_used, the precision really trained in
+})
+# data.* keys that change what is learned from (format, split); the rest are paths and reader details
+HPARAM_DATA_KEYS = frozenset({
+    "data.format", "data.split", "data.val_fraction", "data.num_folds", "data.fold", "data.split_seed",
+    "data.skeleton", "data.units", "data.min_likelihood",
+})
+
+
+def is_hparam(key: str) -> bool:
+    """True for dotted config keys that are hyper-parameters (model, optimisation, loss, augmentation,
+    window, features, data format/split)."""
+    return key in HPARAM_DATA_KEYS if key.startswith("data.") else key not in NOT_HPARAMS
+
+
+def hparams_of(cfg: Config, precision: str, keys: list[str] | None = None) -> dict:
+    """Flat, TensorBoard-safe hyper-parameters: lists become one entry per element (class_weights_0, ...).
+
+    keys: only these config keys (a sweep's swept keys); default: every hyper-parameter and the
+    precision used.
+    """
+    wanted = set(keys) if keys is not None else None
     out = {}
     for k, v in flat_dict(cfg.to_dict()).items():
+        if not (k in wanted if wanted is not None else is_hparam(k)):
+            continue
         if isinstance(v, list):
             if k == "class_weights" or all(isinstance(x, int | float) for x in v):
                 out.update({f"{k}_{i}": float(x) for i, x in enumerate(v)})
@@ -319,7 +348,8 @@ def hparams_of(cfg: Config, precision: str) -> dict:
             out[k] = v
         else:
             out[k] = str(v)
-    out["precision_used"] = precision
+    if wanted is None:
+        out["precision_used"] = precision
     return out
 
 
@@ -412,18 +442,23 @@ def train(
     recordings=None,
     on_epoch_end: Callable[[dict], None] | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    hparam_keys: list[str] | None = None,
 ) -> dict:
     """Train `cfg` to the end (or early stop) and return the final metrics dict.
 
     recordings: optional (train, val) lists of Recording (skips reading/splitting).
     on_epoch_end(metrics): called on the main process after every epoch (Ray Tune reports here).
     on_checkpoint(path): called after each checkpoint is published (Modal commits its volume here).
+    hparam_keys: config keys shown in TensorBoard's HParams tab (a sweep's swept keys); default all
+    hyper-parameters.
     Raises ConfigError / DataError / NonFiniteLossError for user-caused problems.
     """
     custom = model_trainer(cfg.model_type)  # e.g. gbdt: fitted by scikit-learn (trainer/gbdt.py)
     if custom is not None:
         return custom(cfg, recordings=recordings, on_epoch_end=on_epoch_end, on_checkpoint=on_checkpoint)
     t_start = time.perf_counter()
+    if cfg.threads:  # a shared machine: torch's one-thread-per-core default stalls when another job holds a core
+        torch.set_num_threads(cfg.threads)
     run_dir, resume_from = resolve_run(cfg)
     accelerator, precision = make_accelerator(cfg, run_dir)
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # auto names use the clock: agree on one
@@ -503,10 +538,11 @@ def _train(cfg, accelerator, precision, run_dir, resume_from, t_start, recording
     n_params = count_parameters(accelerator.unwrap_model(model))
     if main_proc:
         write_run_info(run_dir, cfg, precision, n_params, accelerator, data)
-    accelerator.init_trackers("tb")
+    # event files directly in the run directory: `tensorboard --logdir runs` names the run by its name
+    accelerator.init_trackers("")
     writer = accelerator.get_tracker("tensorboard", unwrap=True) if main_proc else None
     if writer is not None and resume_from is None:
-        write_hparams(writer, hparams_of(cfg, precision))
+        write_hparams(writer, hparams_of(cfg, precision, hparam_keys))
     log.info("%s: %s params, %d train windows (%d steps/epoch), %d val frames, features %d, precision %s, %s",
              run_dir.name, f"{n_params:,}", len(data.train_ds), steps_per_epoch,
              sum(s.num_frames for s in data.val_seqs), data.pipeline.dim, precision, accelerator.device)
@@ -546,7 +582,7 @@ def _train(cfg, accelerator, precision, run_dir, resume_from, t_start, recording
             last = save_checkpoint(accelerator, run_dir, cfg, epoch, state, meta, improved, model, optimizer,
                                    objects)
             if main_proc:
-                log_epoch(accelerator, writer, run_dir, row, ev, data.class_names)
+                log_epoch(accelerator, writer, run_dir, row, ev, data.class_names, best=state["best_score"])
                 if on_checkpoint is not None:
                     on_checkpoint(last)
                 if on_epoch_end is not None:
@@ -568,21 +604,60 @@ def _train(cfg, accelerator, precision, run_dir, resume_from, t_start, recording
     return final
 
 
+# TensorBoard tags. The Scalars tab sorts groups by name and opens the first: validation first,
+# per-epoch training next, per-step charts and throughput after (engine.py logs the per-step ones).
+TAG_VAL, TAG_VAL_F1, TAG_TRAIN, TAG_PERF = "0_val", "1_val_f1", "2_train_epoch", "4_perf"
+HPARAM_METRIC = f"{TAG_VAL}/best_macro_f1"  # the run's result so far: what checkpoints/best holds
+
+
 def write_hparams(writer, hparams: dict) -> None:
-    """HParams-plugin summary in the run's own event file, so val/* scalars link to it."""
+    """HParams-plugin summary in the run's own event file, linked to the best-so-far val macro F1."""
     from torch.utils.tensorboard.summary import hparams as hp_summary
 
-    exp, ssi, sei = hp_summary(hparams, {"val/macro_f1": 0.0, "val/loss": 0.0})
+    exp, ssi, sei = hp_summary(hparams, {HPARAM_METRIC: 0.0, f"{TAG_VAL}/macro_f1": 0.0, f"{TAG_VAL}/loss": 0.0})
     for s in (exp, ssi, sei):
         writer.file_writer.add_summary(s)
     writer.flush()
+
+
+def _process_cmdline(pid: int) -> list[str]:
+    """argv of another process (Linux /proc); [] where unavailable."""
+    try:
+        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _launcher_args(argv: list[str]) -> list[str] | None:
+    """Arguments after `accelerate launch` (or `python -m accelerate.commands.launch`) in argv, else None."""
+    for i, a in enumerate(argv):
+        if Path(a).name == "accelerate" and argv[i + 1:i + 2] == ["launch"]:
+            return argv[i + 2:]
+        if a == "accelerate.commands.launch":
+            return argv[i + 1:]
+    return None
+
+
+def command_line(num_processes: int) -> str:
+    """The command that started this run, as typed: the launcher's own when under `accelerate launch`.
+
+    Accelerate's launchers export ACCELERATE_DYNAMO_BACKEND to the processes they start and
+    run them as their children, so the parent's argv is the `accelerate launch ...` line.
+    """
+    own = shlex.join([Path(sys.executable).name, *sys.argv])
+    if "ACCELERATE_DYNAMO_BACKEND" not in os.environ:
+        return own
+    launched = _launcher_args(_process_cmdline(os.getppid()))
+    if launched is not None:
+        return f"{shlex.join(['accelerate', 'launch', *launched])}   # accelerate launch, {num_processes} process(es)"
+    return f"{own}   # under accelerate launch, {num_processes} process(es)"
 
 
 def write_run_info(run_dir: Path, cfg: Config, precision: str, n_params: int, accelerator, data: Data) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     with open(run_dir / "command.txt", "a") as f:
-        f.write(" ".join([Path(sys.executable).name, *sys.argv]) + "\n")
+        f.write(command_line(accelerator.num_processes) + "\n")
     ckpt_io.write_json(run_dir / "env.json", {
         "git_sha": _git_sha(),
         "versions": _versions(),
@@ -590,6 +665,7 @@ def write_run_info(run_dir: Path, cfg: Config, precision: str, n_params: int, ac
         "device": str(accelerator.device),
         "device_name": torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else platform.processor() or "cpu",
         "num_processes": accelerator.num_processes,
+        "threads": torch.get_num_threads(),
         "precision_requested": cfg.mixed_precision,
         "precision_used": precision,
         "parameters": n_params,
@@ -616,22 +692,25 @@ def epoch_row(epoch, tr, ev, optimizer, accelerator, class_names) -> dict:
     return row
 
 
-def log_epoch(accelerator, writer, run_dir: Path, row: dict, ev: dict, class_names: list[str]) -> None:
-    """metrics.jsonl + TensorBoard scalars and the confusion-matrix image."""
+def log_epoch(accelerator, writer, run_dir: Path, row: dict, ev: dict, class_names: list[str], *,
+              best: float) -> None:
+    """metrics.jsonl + TensorBoard scalars (best: best val macro F1 so far) and the confusion-matrix image."""
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     epoch = row["epoch"]
     scalars = {
-        "train/loss": row["train_loss"], "val/loss": row["val_loss"], "val/macro_f1": row["val_macro_f1"],
-        "val/accuracy": row["val_accuracy"], "train/lr_epoch": row["lr"], "perf/it_per_s": row["it_per_s"],
-        "perf/samples_per_s": row["samples_per_s"], "perf/peak_mem_mb": row["peak_mem_mb"],
+        HPARAM_METRIC: best, f"{TAG_VAL}/macro_f1": row["val_macro_f1"],
+        f"{TAG_VAL}/loss": row["val_loss"], f"{TAG_VAL}/accuracy": row["val_accuracy"],
+        f"{TAG_TRAIN}/loss": row["train_loss"], f"{TAG_TRAIN}/lr": row["lr"],
+        f"{TAG_PERF}/it_per_s": row["it_per_s"], f"{TAG_PERF}/samples_per_s": row["samples_per_s"],
+        f"{TAG_PERF}/peak_mem_mb": row["peak_mem_mb"],
     }
-    scalars.update({f"val_f1/{c}": ev["f1"][c] for c in class_names if ev["f1"][c] is not None})
+    scalars.update({f"{TAG_VAL_F1}/{c}": ev["f1"][c] for c in class_names if ev["f1"][c] is not None})
     accelerator.log(scalars, step=epoch)
     if writer is not None:
         from trainer.plots import confusion_figure
 
-        writer.add_figure("val/confusion", confusion_figure(ev["confusion"], class_names), epoch)
+        writer.add_figure(f"{TAG_VAL}/confusion", confusion_figure(ev["confusion"], class_names), epoch)
         writer.flush()
     f1 = " ".join(f"{c}={ev['f1'][c]:.3f}" for c in class_names if ev["f1"][c] is not None)
     log.info("epoch %d  train_loss %.4f  val_loss %.4f  val_macro_f1 %.4f  [%s]  %.1f it/s",
