@@ -78,7 +78,7 @@ class SubmissionError(DataError):
 
 def _text(values: pd.Series) -> np.ndarray:
     """Ids as the host compares them: str(value) ("1" != "mouse1", 44 -> "44")."""
-    return values.astype(str).to_numpy(dtype=object)
+    return np.array(list(map(str, values.to_numpy())), dtype=object).reshape(len(values))
 
 
 def _integer_rows(values: pd.Series) -> np.ndarray:
@@ -93,14 +93,19 @@ def _integer_rows(values: pd.Series) -> np.ndarray:
     return np.zeros(len(values), dtype=bool)
 
 
+def _as_float(values: pd.Series) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.to_numpy(dtype=np.float64)
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+
+
 def _frame_columns(df: pd.DataFrame, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(start, stop, integer) per row; stop < start anywhere is an error, as for the host.
 
     Non-integer rows get start = stop = 0 and integer = False: the host only fails on them
     when it scores the row, so the caller decides (see `_require_integers`).
     """
-    s_num = pd.to_numeric(df["start_frame"], errors="coerce").to_numpy(dtype=np.float64)
-    e_num = pd.to_numeric(df["stop_frame"], errors="coerce").to_numpy(dtype=np.float64)
+    s_num, e_num = (_as_float(df[c]) for c in ("start_frame", "stop_frame"))
     reversed_ = e_num < s_num
     if reversed_.any():
         i = int(np.argmax(reversed_))
@@ -184,13 +189,6 @@ def _check_one_action_per_frame(key_id, pair_id, start, stop, key_action, where)
                               "(one action per agent/target and frame; the host rejects the submission)")
 
 
-def _lab_whitelists(sol: pd.DataFrame, bl: np.ndarray) -> dict:
-    """{(lab, video): whitelist} from the first solution row of each video in each lab."""
-    first = ~pd.DataFrame({"lab": sol["lab"], "vid": sol["vid"]}).duplicated().to_numpy()
-    return {(lab, vid): _whitelist(v, f"solution video {vid}")
-            for lab, vid, v in zip(sol["lab"][first], sol["vid"][first], bl[first], strict=True)}
-
-
 def mabe_score_details(
     solution: pd.DataFrame,
     submission: pd.DataFrame,
@@ -237,8 +235,6 @@ def mabe_score_details(
         missing = [c for c in MABE_COLUMNS if c not in df.columns]
         if missing:
             raise SubmissionError(f"{what}: missing column '{missing[0]}' (needs {', '.join(MABE_COLUMNS)})")
-    solution = solution.reset_index(drop=True)
-    submission = submission.reset_index(drop=True)
     if videos is not None:
         for col in ("video_id", "lab_id", "behaviors_labeled"):
             if col not in videos.columns:
@@ -259,49 +255,53 @@ def mabe_score_details(
 
     s_start, s_stop, s_int = _frame_columns(solution, "solution")
     p_start, p_stop, p_int = _frame_columns(submission, "submission")
-    sol = pd.DataFrame({"lab": labs, "vid": _text(solution["video_id"]), "agent": _text(solution["agent_id"]),
-                        "target": _text(solution["target_id"]), "action": _text(solution["action"])})
     _require_integers(s_int, solution, np.arange(len(solution)), "solution")
-    white = _lab_whitelists(sol, bl)
+    s_vid, s_agent, s_target, s_action = (_text(solution[c]) for c in ("video_id", "agent_id", "target_id", "action"))
+    # whitelist of each (lab, video): the video's first solution row in that lab, as the host
+    white: dict[tuple, set] = {}
+    labs_of: dict[str, list] = {}
+    for lab, vid, value in zip(labs, s_vid, bl, strict=True):
+        if (lab, vid) not in white:
+            white[(lab, vid)] = _whitelist(value, f"solution video {vid}")
+            labs_of.setdefault(vid, []).append(lab)
 
-    # submission rows, once per lab holding their video (a video normally has one lab)
-    sub = pd.DataFrame({"row": np.arange(len(submission)), "vid": _text(submission["video_id"]),
-                        "agent": _text(submission["agent_id"]), "target": _text(submission["target_id"]),
-                        "action": _text(submission["action"])})
-    lab_of = pd.DataFrame(list(white), columns=["lab", "vid"])
-    sub = sub.merge(lab_of, on="vid", how="inner", sort=False)
-    triple = (sub["agent"] + "," + sub["target"] + "," + sub["action"]).to_numpy(dtype=object)
-    kept = np.array([t in white[(lab, vid)] for lab, vid, t in zip(sub["lab"], sub["vid"], triple, strict=True)],
-                    dtype=bool)
-    sub = sub[kept].reset_index(drop=True)
-    rows = sub["row"].to_numpy(dtype=np.int64)
+    # kept submission rows: video in the solution and "agent,target,action" whitelisted
+    # there (once per lab holding the video; a video normally has one lab)
+    p_vid, p_agent, p_target, p_action = (_text(submission[c]) for c in ("video_id", "agent_id", "target_id", "action"))
+    triple = p_agent + "," + p_target + "," + p_action
+    kept_rows, kept_labs = [], []
+    for i, (vid, tr) in enumerate(zip(p_vid, triple, strict=True)):
+        for lab in labs_of.get(vid, ()):
+            if tr in white[(lab, vid)]:
+                kept_rows.append(i)
+                kept_labs.append(lab)
+    rows = np.asarray(kept_rows, dtype=np.int64)
     _require_integers(p_int, submission, rows, "submission")
 
-    # units = (lab, key); key text as the host builds it, action = text after its last "_"
-    def keys(df):
-        return (df["vid"] + "_" + df["agent"] + "_" + df["target"] + "_" + df["action"]).to_numpy(dtype=object)
-
-    unit_lab = np.concatenate([sol["lab"].to_numpy(dtype=object), sub["lab"].to_numpy(dtype=object)])
-    unit_key = np.concatenate([keys(sol), keys(sub)])
-    units = pd.MultiIndex.from_arrays([unit_lab, unit_key])
-    codes, uniq = pd.factorize(units)
+    # units = (lab, key); the key text as the host builds it, its action = text after the last "_"
+    n_sol = len(solution)
+    unit_lab = np.concatenate([labs, np.asarray(kept_labs, dtype=object)])
+    unit_key = np.concatenate([s_vid + "_" + s_agent + "_" + s_target + "_" + s_action,
+                               (p_vid + "_" + p_agent + "_" + p_target + "_" + p_action)[rows]])
+    codes, uniq = pd.factorize(unit_lab + "\x1f" + unit_key)
+    codes = codes.astype(np.int64)
     n_units = len(uniq)
-    u_lab = np.asarray(uniq.get_level_values(0), dtype=object)
-    u_action = np.array([k.rsplit("_", 1)[-1] for k in uniq.get_level_values(1)], dtype=object)
-    start = np.concatenate([s_start, p_start[rows]])
-    stop = np.concatenate([s_stop, p_stop[rows]])
-    channel = np.concatenate([np.zeros(len(sol), dtype=np.int64), np.ones(len(sub), dtype=np.int64)])
+    first = np.zeros(n_units, dtype=np.int64)
+    first[codes[::-1]] = np.arange(len(codes))[::-1]
+    u_lab = unit_lab[first]
+    u_action = np.array([k.rsplit("_", 1)[-1] for k in unit_key[first]], dtype=object)
 
-    n_sol = len(sol)
-    if len(sub):
-        pair_text = (sub["lab"] + "\x00" + sub["vid"] + "\x00" + sub["agent"] + "," + sub["target"])
-        pair_id, pair_uniq = pd.factorize(pair_text)
+    if len(rows):
+        pair_id, pair_uniq = pd.factorize(unit_lab[n_sol:] + "\x1f" + p_vid[rows] + "\x1f"
+                                          + p_agent[rows] + "," + p_target[rows])
         key_pair = np.zeros(n_units, dtype=np.int64)
         key_pair[codes[n_sol:]] = pair_id
-        where = [f"lab {p.split(chr(0))[0]}, video {p.split(chr(0))[1]}, agent,target {p.split(chr(0))[2]}"
-                 for p in pair_uniq]
+        where = ["lab {}, video {}, agent,target {}".format(*p.split("\x1f")) for p in pair_uniq]
         _check_one_action_per_frame(codes[n_sol:], key_pair, p_start[rows], p_stop[rows], u_action, where)
 
+    start = np.concatenate([s_start, p_start[rows]])
+    stop = np.concatenate([s_stop, p_stop[rows]])
+    channel = np.concatenate([np.zeros(n_sol, dtype=np.int64), np.ones(len(rows), dtype=np.int64)])
     pos, u, cnt = _coverage(codes, start, stop, channel, n_units, 2)
     seg = _segments(pos, u)
     t_on, p_on = cnt[:-1, 0] > 0, cnt[:-1, 1] > 0
@@ -309,20 +309,23 @@ def mabe_score_details(
     n_pred = np.bincount(u[:-1], weights=seg * p_on, minlength=n_units).astype(np.int64)
     n_tp = np.bincount(u[:-1], weights=seg * (t_on & p_on), minlength=n_units).astype(np.int64)
 
-    per = pd.DataFrame({"lab": u_lab, "action": u_action, "tp": n_tp, "fp": n_pred - n_tp, "fn": n_true - n_tp})
-    per = per.groupby(["lab", "action"], sort=True)[["tp", "fp", "fn"]].sum()
+    counts: dict[str, dict[str, list]] = {}
+    for lab, act, tp_, pr, tr in zip(u_lab, u_action, n_tp, n_pred, n_true, strict=True):
+        c = counts.setdefault(str(lab), {}).setdefault(act, [0, 0, 0])
+        c[0] += int(tp_)
+        c[1] += int(pr - tp_)
+        c[2] += int(tr - tp_)
     b2 = beta * beta
-    tp, fp, fn = (per[c].to_numpy(dtype=np.float64) for c in ("tp", "fp", "fn"))
-    denom = (1 + b2) * tp + b2 * fn + fp
-    per["f1"] = np.where(denom > 0, (1 + b2) * tp / np.where(denom > 0, denom, 1), 0.0)
     labs_out = {}
-    for lab, g in per.groupby(level=0, sort=True):
-        acts = g.index.get_level_values(1)
-        labs_out[str(lab)] = {
-            "score": float(g["f1"].mean()),
-            "f1": {a: float(v) for a, v in zip(acts, g["f1"], strict=True)},
-            **{c: {a: int(v) for a, v in zip(acts, g[c], strict=True)} for c in ("tp", "fp", "fn")},
-        }
+    for lab in sorted(counts):
+        acts = sorted(counts[lab])
+        f1 = {}
+        for act in acts:
+            tp_, fp_, fn_ = counts[lab][act]
+            denom = (1 + b2) * tp_ + b2 * fn_ + fp_
+            f1[act] = float((1 + b2) * tp_ / denom) if denom else 0.0
+        labs_out[lab] = {"score": float(np.mean(list(f1.values()))), "f1": f1,
+                         **{name: {a: counts[lab][a][j] for a in acts} for j, name in enumerate(("tp", "fp", "fn"))}}
     return {"score": float(np.mean([v["score"] for v in labs_out.values()])), "labs": labs_out}
 
 
