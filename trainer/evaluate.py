@@ -11,8 +11,11 @@ when post-processing is configured, for the post-processed ones.
 
 `--fit-postprocess` fits per-class thresholds (after `--smooth`) on these videos and saves
 them as `postprocess.json` in the checkpoint directory, where predict picks them up: run
-it on validation videos, never on the test set (the scores printed afterwards are then
-optimistic for those videos).
+it on validation (or out-of-fold) videos, never on the test set (the scores printed
+afterwards are then optimistic for those videos). For mabe25 videos it also fits
+thresholds per lab x action on the MABe-2025 lab score, switching off (null) an action
+whose prediction does not pay in that lab (predicting an action a lab never shows costs a
+whole action there); predict uses them for recordings of those labs.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from trainer.config import ConfigError
 from trainer.data.mabe25 import solution_frame
 from trainer.data.recording import UNLABELLED, DataError
 from trainer.metrics import frame_scores, mabe_score_details
-from trainer.postprocess import PostprocessSettings, fit_settings, mabe_submission
+from trainer.postprocess import PostprocessSettings, fit_mabe_settings, fit_settings, mabe_submission
 from trainer.predict import Predictor, add_postprocess_args, select_recordings, settings_from_args
 
 log = logging.getLogger("trainer.evaluate")
@@ -82,6 +85,11 @@ def evaluate_checkpoint(
         settings = fit_settings(seq_probs, seq_true, pred.class_names, background=pred.background,
                                 smooth_window=settings.smooth_window, smooth_method=settings.smooth_method,
                                 max_gap=settings.max_gap, min_bout=settings.min_bout)
+        if recs and all(r.meta.get("format") == "mabe25" for r in recs):
+            settings, per_lab = fit_mabe_settings(recs, probs, pred.class_names, settings, background=pred.background)
+            for lab, d in per_lab.items():
+                log.info("lab %s: thresholds fitted on the MABe-2025 lab score %.4f -> %.4f (frames, before bouts)",
+                         lab, d["before"], d["after"])
         settings.save(pred.checkpoint / "postprocess.json")
         log.info("saved fitted thresholds to %s", pred.checkpoint / "postprocess.json")
     active = settings != PostprocessSettings()
@@ -134,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", help="reader for --data (default: the run's data.format)")
     p.add_argument("--split", choices=["val", "train", "all"], default="val", help="without --data: which videos")
     p.add_argument("--fit-postprocess", action="store_true",
-                   help="fit per-class thresholds on these videos and save postprocess.json in the checkpoint")
+                   help="fit per-class (mabe25: per lab x action) thresholds on these videos and save "
+                        "postprocess.json in the checkpoint")
     p.add_argument("--json", help="also write the full result as JSON here")
     p.add_argument("--batch-size", type=int, default=64)
     add_postprocess_args(p)

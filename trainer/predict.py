@@ -94,13 +94,15 @@ class Predictor:
 
     def postprocess(self, recs: list[Recording], probs: list[list[np.ndarray]],
                     settings: PostprocessSettings) -> list[np.ndarray]:
-        """Per recording (T, P) labels after `settings` (smoothing, thresholds, bouts)."""
+        """Per recording (T, P) labels after `settings` (smoothing, thresholds - per lab where
+        fitted for the recording's lab_id - and bouts)."""
         out = []
         for r, per_pair in zip(recs, probs):
             cols = []
             for p, pr in enumerate(per_pair):
                 mask = r.label_mask[p] if r.label_mask is not None else None
-                cols.append(settings.apply(pr, self.class_names, background=self.background, class_mask=mask))
+                cols.append(settings.apply(pr, self.class_names, background=self.background, class_mask=mask,
+                                           lab=r.meta.get("lab_id")))
             out.append(np.stack(cols, axis=1))
         return out
 
