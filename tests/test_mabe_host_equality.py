@@ -290,3 +290,25 @@ def test_random_cases_equal_the_host():
     # the generator must exercise both valid and invalid input
     assert 0.03 * n < errors < 0.3 * n
     print(f"{n} random cases equal to the host ({errors} rejected by both) in {took:.1f} s")
+
+
+def test_submissions_written_by_mabe_submission_are_host_valid(tmp_path):
+    """Random per-frame labels of mabe25 recordings -> mabe_submission -> the host accepts it and agrees."""
+    from format_fixtures import write_mabe
+
+    from trainer.config import DataConfig
+    from trainer.data.mabe25 import read_mabe25, solution_frame
+    from trainer.postprocess import mabe_submission
+
+    write_mabe(tmp_path)
+    recs = read_mabe25(str(tmp_path), data=DataConfig(), fps=30.0)
+    sol = solution_frame(recs)
+    rng = random.Random(7)
+    for _ in range(30):
+        labels = [[[rng.randrange(len(r.class_names)) if rng.random() < 0.5 else 0 for _ in r.pairs]
+                   for _ in range(r.num_frames)] for r in recs]
+        sub = mabe_submission(recs, labels)
+        if not len(sub):
+            continue
+        h = host(sol, sub)
+        assert h != ERROR and project(sol, sub) == pytest.approx(h, abs=1e-9)

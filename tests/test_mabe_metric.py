@@ -151,3 +151,31 @@ def test_missing_column_is_an_error():
 def test_frame_scores_unchanged():
     out = frame_scores(np.array([0, 1, 1, -1]), np.array([0, 1, 0, 1]), ["other", "attack"])
     assert out["frames"] == 3 and out["f1"]["attack"] == pytest.approx(2 / 3)
+
+
+def test_score_submission_cli(tmp_path, caplog):
+    from format_fixtures import write_mabe
+
+    from trainer import score_submission
+
+    write_mabe(tmp_path / "mabe")
+    good = submission([(101, "mouse1", "mouse2", "sniff", 5, 15), (101, "mouse1", "mouse2", "sniff", 30, 40),
+                       (101, "mouse2", "mouse1", "attack", 10, 20), (101, "mouse1", "self", "rear", 0, 4),
+                       (102, "mouse1", "mouse2", "sniff", 0, 10), (201, "mouse1", "mouse2", "attack", 3, 8)])
+    good.to_csv(tmp_path / "good.csv", index=False)
+    args = ["--data", str(tmp_path / "mabe")]
+    assert score_submission.main(args + ["--submission", str(tmp_path / "good.csv"), "--json",
+                                         str(tmp_path / "r.json")]) == 0
+    # LabA sniff: TP 20 + 10 (video 102), FN 20 (truth [30, 60) runs past the tracking) + 2 (mouse2->mouse1,
+    # annotated but not whitelisted: still truth); attack 1, rear 1; LabB 1
+    sniff = 2 * 30 / (2 * 30 + 20 + 2)
+    assert json.loads((tmp_path / "r.json").read_text())["score"] == pytest.approx(((sniff + 2) / 3 + 1) / 2)
+    bad = good.copy()
+    bad.loc[len(bad)] = [6, 101, "mouse1", "mouse2", "rear", 6, 9]  # not whitelisted for this pair: ignored
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    assert score_submission.main(args + ["--submission", str(tmp_path / "bad.csv")]) == 0
+    bad.loc[len(bad)] = [7, 999, "mouse2", "mouse1", "sniff", 16, 15]  # stop < start, even for an unknown video
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    caplog.clear()
+    assert score_submission.main(args + ["--submission", str(tmp_path / "bad.csv")]) == 2
+    assert "submission row 7: stop_frame 15 < start_frame 16" in caplog.text
