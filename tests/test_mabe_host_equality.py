@@ -96,6 +96,11 @@ CASES = [
      [r("v1", T12, "attack", 0, 10), r("v1", T12, "sniff", 9, 12)], ERROR),
     ("overlap_after_gap_error", [r("v1", T12, "attack", 0, 10)], {"v1": [A, S]}, None,
      [r("v1", T12, "attack", 0, 10), r("v1", T12, "sniff", 20, 30), r("v1", T12, "attack", 25, 28)], ERROR),
+    ("overlap_actions_with_one_suffix_error", [r("v1", T12, "approach_fast", 0, 10)],
+     {"v1": ["mouse1,mouse2,approach_fast", "mouse1,mouse2,chase_fast"]}, None,
+     [r("v1", T12, "approach_fast", 0, 10), r("v1", T12, "chase_fast", 5, 12)], ERROR),
+    ("nullable_integer_frames_with_na_error", [r("v1", T12, "attack", 0, 10)], {"v1": [A]}, None,
+     [r("v1", T12, "attack", 0, 10), r("v1", T12, "attack", 12, None)], ERROR),
     ("touching_actions_ok", [r("v1", T12, "attack", 0, 10), r("v1", T12, "sniff", 10, 12)], {"v1": [A, S]}, None,
      [r("v1", T12, "attack", 0, 10), r("v1", T12, "sniff", 10, 12)], 1.0),
     ("same_frames_two_pairs_ok", [r("v1", T12, "sniff", 0, 10), r("v1", ("mouse2", "mouse1"), "sniff", 0, 10)],
@@ -178,6 +183,8 @@ def _build(sol_rows, wl, labs, sub_rows, name):
     else:
         sol = pd.DataFrame(columns=COLS + ["lab_id", "behaviors_labeled"])
     sub = sub_df(sub_rows) if sub_rows else pd.DataFrame(columns=COLS)
+    if name == "nullable_integer_frames_with_na_error":
+        sub["stop_frame"] = sub["stop_frame"].astype("Int64")
     return sol, sub
 
 

@@ -86,7 +86,7 @@ def _integer_rows(values: pd.Series) -> np.ndarray:
     if pd.api.types.is_bool_dtype(values):
         return np.zeros(len(values), dtype=bool)
     if pd.api.types.is_integer_dtype(values):
-        return np.ones(len(values), dtype=bool)
+        return ~values.isna().to_numpy()  # nullable Int64 may hold NA
     if values.dtype == object:
         return np.array([isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values],
                         dtype=bool)
@@ -95,7 +95,7 @@ def _integer_rows(values: pd.Series) -> np.ndarray:
 
 def _as_float(values: pd.Series) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        return values.to_numpy(dtype=np.float64)
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
     return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
 
 
@@ -124,7 +124,7 @@ def _require_integers(ok: np.ndarray, df: pd.DataFrame, rows: np.ndarray, what: 
     if len(bad):
         i = int(bad[0])
         raise SubmissionError(f"{what} row {i}: start_frame/stop_frame must be integers, got "
-                              f"{df['start_frame'].iat[i]!r}, {df['stop_frame'].iat[i]!r} (the host rejects this)")
+                              f"{df['start_frame'].iat[i]}, {df['stop_frame'].iat[i]} (the host rejects this)")
 
 
 def _whitelist(value, where: str) -> set:
@@ -165,8 +165,13 @@ def _segments(pos: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.where(u[1:] == u[:-1], np.diff(pos), 0)
 
 
-def _check_one_action_per_frame(key_id, pair_id, start, stop, key_action, where) -> None:
-    """Two different actions of one (lab, video, "agent,target") sharing a frame -> SubmissionError."""
+def _check_one_action_per_frame(key_id, pair_id, start, stop, row_action, where) -> None:
+    """Two different actions of one (lab, video, "agent,target") sharing a frame -> SubmissionError.
+
+    Args:
+        key_id: (N,) unit (key) of each kept submission row; pair_id: (n_keys,) pair of each
+        key; start/stop: (N,) frames; row_action: (N,) action text; where: text per pair.
+    """
     if len(start) == 0:
         return
     n_keys = int(key_id.max()) + 1
@@ -183,9 +188,9 @@ def _check_one_action_per_frame(key_id, pair_id, start, stop, key_action, where)
     if both.any():
         i = int(np.argmax(both))
         frame, pair = int(pos2[i]), int(u2[i])
-        acts = sorted({key_action[k] for k, s, e in zip(p_key, p_start, p_stop, strict=True)
-                       if pair_id[k] == pair and s <= frame < e})
-        raise SubmissionError(f"{where[pair]}: actions {acts[0]} and {acts[1]} both predicted on frame {frame} "
+        on_frame = (pair_id[key_id] == pair) & (start <= frame) & (frame < stop)
+        acts = " and ".join(sorted(set(row_action[on_frame]))) or "two actions"
+        raise SubmissionError(f"{where[pair]}: actions {acts} both predicted on frame {frame} "
                               "(one action per agent/target and frame; the host rejects the submission)")
 
 
@@ -297,7 +302,8 @@ def mabe_score_details(
         key_pair = np.zeros(n_units, dtype=np.int64)
         key_pair[codes[n_sol:]] = pair_id
         where = ["lab {}, video {}, agent,target {}".format(*p.split("\x1f")) for p in pair_uniq]
-        _check_one_action_per_frame(codes[n_sol:], key_pair, p_start[rows], p_stop[rows], u_action, where)
+        _check_one_action_per_frame(codes[n_sol:], key_pair, p_start[rows], p_stop[rows], p_action[rows],
+                                    where)
 
     start = np.concatenate([s_start, p_start[rows]])
     stop = np.concatenate([s_stop, p_stop[rows]])
