@@ -26,6 +26,7 @@ from trainer.postprocess import (
     remove_short_bouts,
     restrict_to_mask,
     runs,
+    search_mabe_settings,
     smooth_probs,
 )
 
@@ -204,3 +205,22 @@ def test_lab_thresholds_fitted_on_validation_raise_the_host_score_on_held_out_vi
     loaded = PostprocessSettings.load(tmp_path / "postprocess.json")
     assert loaded == fitted and loaded.threshold_array(names, "LabC") is None
     assert np.isinf(loaded.threshold_array(names, "LabA")[names.index("mount")])
+
+
+def test_search_picks_smoothing_and_bouts_by_the_host_score(tmp_path):
+    rng = np.random.default_rng(1)
+    recs, probs = _lab_case(tmp_path, rng)
+    # frame-level noise: single-frame sniff flickers everywhere, which smoothing / min bout remove
+    C = {n: i for i, n in enumerate(recs[0].class_names)}
+    for per_pair in probs:
+        p = per_pair[0]
+        flick = rng.random(len(p)) < 0.08
+        p[flick, C["sniff"]] += 2.0
+        per_pair[0] = p / p.sum(axis=1, keepdims=True)
+    names = recs[0].class_names
+    best, score, table = search_mabe_settings(recs, probs, names, PostprocessSettings(), smooth_windows=(1, 5),
+                                              min_bouts=(1, 5))
+    assert len(table) == 4 and score == max(t["score"] for t in table)
+    plain = next(t["score"] for t in table if t["smooth_window"] == 1 and t["min_bout"] == 1)
+    assert score > plain + 0.02 and (best.smooth_window, best.min_bout) != (1, 1)
+    assert _host_score(recs, probs, best) == pytest.approx(score)

@@ -15,7 +15,9 @@ it on validation (or out-of-fold) videos, never on the test set (the scores prin
 afterwards are then optimistic for those videos). For mabe25 videos it also fits
 thresholds per lab x action on the MABe-2025 lab score, switching off (null) an action
 whose prediction does not pay in that lab (predicting an action a lab never shows costs a
-whole action there); predict uses them for recordings of those labs.
+whole action there); predict uses them for recordings of those labs. Unless `--smooth` or
+`--min-bout` is given, the smoothing window and minimum bout length are chosen too (1, 5 or
+15 frames each, by the MABe-2025 score of the whole chain on these videos).
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ from trainer.config import ConfigError
 from trainer.data.mabe25 import solution_frame
 from trainer.data.recording import UNLABELLED, DataError
 from trainer.metrics import frame_scores, mabe_score_details
-from trainer.postprocess import PostprocessSettings, fit_mabe_settings, fit_settings, mabe_submission
+from trainer.postprocess import (
+    PostprocessSettings,
+    fit_mabe_settings,
+    fit_settings,
+    mabe_submission,
+    search_mabe_settings,
+)
 from trainer.predict import Predictor, add_postprocess_args, select_recordings, settings_from_args
 
 log = logging.getLogger("trainer.evaluate")
@@ -52,6 +60,24 @@ def scores_of(recs, labels: list[np.ndarray], pred: Predictor) -> dict:
         else:
             out["mabe"] = {"score": 0.0, "labs": {}, "note": "empty solution or submission"}
     return out
+
+
+def fit_mabe(recs, probs, pred: Predictor, settings: PostprocessSettings) -> PostprocessSettings:
+    """Per lab x action thresholds on the MABe-2025 score; smoothing window and minimum bout
+    too (grid 1/5/15 frames, by the score) unless the settings already set either."""
+    if settings.smooth_window == 1 and settings.min_bout == 1:
+        settings, score, table = search_mabe_settings(recs, probs, pred.class_names, settings,
+                                                      background=pred.background)
+        for row in table:
+            log.info("smooth %3d, min bout %3d: MABe-2025 score %.4f (thresholds fitted per lab x action)",
+                     row["smooth_window"], row["min_bout"], row["score"])
+        log.info("chose smooth %d, min bout %d (%.4f)", settings.smooth_window, settings.min_bout, score)
+        return settings
+    settings, per_lab = fit_mabe_settings(recs, probs, pred.class_names, settings, background=pred.background)
+    for lab, d in per_lab.items():
+        log.info("lab %s: thresholds fitted on the MABe-2025 lab score %.4f -> %.4f (frames, before bouts)",
+                 lab, d["before"], d["after"])
+    return settings
 
 
 def evaluate_checkpoint(
@@ -82,14 +108,14 @@ def evaluate_checkpoint(
     if fit:
         seq_probs = [pr for per_pair in probs for pr in per_pair]
         seq_true = [r.labels[:, p] for r in recs for p in range(len(r.pairs))]
+        labs = {}
+        if recs and all(r.meta.get("format") == "mabe25" for r in recs):
+            settings = fit_mabe(recs, probs, pred, settings)  # may choose smoothing / minimum bout
+            labs = settings.lab_thresholds
         settings = fit_settings(seq_probs, seq_true, pred.class_names, background=pred.background,
                                 smooth_window=settings.smooth_window, smooth_method=settings.smooth_method,
                                 max_gap=settings.max_gap, min_bout=settings.min_bout)
-        if recs and all(r.meta.get("format") == "mabe25" for r in recs):
-            settings, per_lab = fit_mabe_settings(recs, probs, pred.class_names, settings, background=pred.background)
-            for lab, d in per_lab.items():
-                log.info("lab %s: thresholds fitted on the MABe-2025 lab score %.4f -> %.4f (frames, before bouts)",
-                         lab, d["before"], d["after"])
+        settings.lab_thresholds = labs  # the per-class thresholds stay the fallback for other labs
         settings.save(pred.checkpoint / "postprocess.json")
         log.info("saved fitted thresholds to %s", pred.checkpoint / "postprocess.json")
     active = settings != PostprocessSettings()

@@ -25,7 +25,9 @@ import numpy as np
 import pandas as pd
 
 from trainer.data.common import paint_intervals
+from trainer.data.mabe25 import solution_frame
 from trainer.data.recording import UNLABELLED, DataError, Recording
+from trainer.metrics import mabe_score
 
 # --------------------------------------------------------------------------- runs and intervals
 
@@ -462,3 +464,51 @@ def fit_mabe_settings(
         report[lab] = {"before": before, "after": after}
     fitted = PostprocessSettings(**{**asdict(settings), "lab_thresholds": lab_thr})
     return fitted, report
+
+
+def postprocess_recordings(recs: list[Recording], probs: list[list[np.ndarray]], settings: PostprocessSettings,
+                           class_names: list[str], *, background: int = 0) -> list[np.ndarray]:
+    """Per recording (T, P) labels after `settings`: each pair's label mask, the thresholds
+    of the recording's lab (meta["lab_id"]) where fitted, smoothing and bouts."""
+    out = []
+    for r, per_pair in zip(recs, probs, strict=True):
+        cols = [settings.apply(pr, class_names, background=background, lab=r.meta.get("lab_id"),
+                               class_mask=r.label_mask[p] if r.label_mask is not None else None)
+                for p, pr in enumerate(per_pair)]
+        out.append(np.stack(cols, axis=1))
+    return out
+
+
+def search_mabe_settings(
+    recs: list[Recording],
+    probs: list[list[np.ndarray]],
+    class_names: list[str],
+    settings: PostprocessSettings,
+    *,
+    background: int = 0,
+    smooth_windows: tuple = (1, 5, 15),
+    min_bouts: tuple = (1, 5, 15),
+) -> tuple[PostprocessSettings, float, list[dict]]:
+    """Smoothing window x minimum bout chosen by the MABe-2025 score, lab thresholds fitted for each.
+
+    For every (smooth_window, min_bout) of the grids, `fit_mabe_settings` fits the per lab x
+    action thresholds after that smoothing, and the whole chain is scored with the host-equal
+    `mabe_score` on these recordings (their `solution_frame`); the best wins (ties: the
+    smaller window, then the smaller bout). Fit on validation / out-of-fold recordings.
+
+    Returns:
+        (best settings, its score, [{"smooth_window", "min_bout", "score"} per grid point]).
+    """
+    solution = solution_frame(recs)
+    best, best_score, table = None, -1.0, []
+    for w in sorted(set(smooth_windows)):
+        for b in sorted(set(min_bouts)):
+            trial = PostprocessSettings(**{**asdict(settings), "smooth_window": int(w), "min_bout": int(b)})
+            fitted, _ = fit_mabe_settings(recs, probs, class_names, trial, background=background)
+            sub = mabe_submission(recs, postprocess_recordings(recs, probs, fitted, class_names, background=background),
+                                  background=background)
+            score = mabe_score(solution, sub) if len(solution) and len(sub) else 0.0
+            table.append({"smooth_window": int(w), "min_bout": int(b), "score": score})
+            if score > best_score + 1e-12:
+                best, best_score = fitted, score
+    return best, best_score, table

@@ -45,7 +45,7 @@ from trainer.data.windows import WindowDataset, make_sequences
 from trainer.engine import predict_logits
 from trainer.features import FeaturePipeline
 from trainer.models import build_model
-from trainer.postprocess import PostprocessSettings, intervals_table, mabe_submission
+from trainer.postprocess import PostprocessSettings, intervals_table, mabe_submission, postprocess_recordings
 
 log = logging.getLogger("trainer.predict")
 
@@ -96,15 +96,7 @@ class Predictor:
                     settings: PostprocessSettings) -> list[np.ndarray]:
         """Per recording (T, P) labels after `settings` (smoothing, thresholds - per lab where
         fitted for the recording's lab_id - and bouts)."""
-        out = []
-        for r, per_pair in zip(recs, probs):
-            cols = []
-            for p, pr in enumerate(per_pair):
-                mask = r.label_mask[p] if r.label_mask is not None else None
-                cols.append(settings.apply(pr, self.class_names, background=self.background, class_mask=mask,
-                                           lab=r.meta.get("lab_id")))
-            out.append(np.stack(cols, axis=1))
-        return out
+        return postprocess_recordings(recs, probs, settings, self.class_names, background=self.background)
 
     def settings(self) -> PostprocessSettings:
         """postprocess.json of the checkpoint directory, else plain argmax."""
