@@ -11,8 +11,13 @@ when post-processing is configured, for the post-processed ones.
 
 `--fit-postprocess` fits per-class thresholds (after `--smooth`) on these videos and saves
 them as `postprocess.json` in the checkpoint directory, where predict picks them up: run
-it on validation videos, never on the test set (the scores printed afterwards are then
-optimistic for those videos).
+it on validation (or out-of-fold) videos, never on the test set (the scores printed
+afterwards are then optimistic for those videos). For mabe25 videos it also fits
+thresholds per lab x action on the MABe-2025 lab score, switching off (null) an action
+whose prediction does not pay in that lab (predicting an action a lab never shows costs a
+whole action there); predict uses them for recordings of those labs. Unless `--smooth` or
+`--min-bout` is given, the smoothing window and minimum bout length are chosen too (1, 5 or
+15 frames each, by the MABe-2025 score of the whole chain on these videos).
 """
 
 from __future__ import annotations
@@ -31,7 +36,13 @@ from trainer.data.calms21 import npy_consent
 from trainer.data.mabe25 import solution_frame
 from trainer.data.recording import UNLABELLED, DataError
 from trainer.metrics import frame_scores, mabe_score_details
-from trainer.postprocess import PostprocessSettings, fit_settings, mabe_submission
+from trainer.postprocess import (
+    PostprocessSettings,
+    fit_mabe_settings,
+    fit_settings,
+    mabe_submission,
+    search_mabe_settings,
+)
 from trainer.predict import Predictor, add_postprocess_args, select_recordings, settings_from_args
 from trainer.rundir import one_line_errors
 
@@ -51,6 +62,24 @@ def scores_of(recs, labels: list[np.ndarray], pred: Predictor) -> dict:
         else:
             out["mabe"] = {"score": 0.0, "labs": {}, "note": "empty solution or submission"}
     return out
+
+
+def fit_mabe(recs, probs, pred: Predictor, settings: PostprocessSettings) -> PostprocessSettings:
+    """Per lab x action thresholds on the MABe-2025 score; smoothing window and minimum bout
+    too (grid 1/5/15 frames, by the score) unless the settings already set either."""
+    if settings.smooth_window == 1 and settings.min_bout == 1:
+        settings, score, table = search_mabe_settings(recs, probs, pred.class_names, settings,
+                                                      background=pred.background)
+        for row in table:
+            log.info("smooth %3d, min bout %3d: MABe-2025 score %.4f (thresholds fitted per lab x action)",
+                     row["smooth_window"], row["min_bout"], row["score"])
+        log.info("chose smooth %d, min bout %d (%.4f)", settings.smooth_window, settings.min_bout, score)
+        return settings
+    settings, per_lab = fit_mabe_settings(recs, probs, pred.class_names, settings, background=pred.background)
+    for lab, d in per_lab.items():
+        log.info("lab %s: thresholds fitted on the MABe-2025 lab score %.4f -> %.4f (frames, before bouts)",
+                 lab, d["before"], d["after"])
+    return settings
 
 
 def evaluate_checkpoint(
@@ -81,9 +110,14 @@ def evaluate_checkpoint(
     if fit:
         seq_probs = [pr for per_pair in probs for pr in per_pair]
         seq_true = [r.labels[:, p] for r in recs for p in range(len(r.pairs))]
+        labs = {}
+        if recs and all(r.meta.get("format") == "mabe25" for r in recs):
+            settings = fit_mabe(recs, probs, pred, settings)  # may choose smoothing / minimum bout
+            labs = settings.lab_thresholds
         settings = fit_settings(seq_probs, seq_true, pred.class_names, background=pred.background,
                                 smooth_window=settings.smooth_window, smooth_method=settings.smooth_method,
                                 max_gap=settings.max_gap, min_bout=settings.min_bout)
+        settings.lab_thresholds = labs  # the per-class thresholds stay the fallback for other labs
         settings.save(pred.checkpoint / "postprocess.json")
         log.info("saved fitted thresholds to %s", pred.checkpoint / "postprocess.json")
     active = settings != PostprocessSettings()
@@ -137,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", help="reader for --data (default: the run's data.format)")
     p.add_argument("--split", choices=["val", "train", "all"], default="val", help="without --data: which videos")
     p.add_argument("--fit-postprocess", action="store_true",
-                   help="fit per-class thresholds on these videos and save postprocess.json in the checkpoint")
+                   help="fit per-class (mabe25: per lab x action) thresholds on these videos and save "
+                        "postprocess.json in the checkpoint")
     p.add_argument("--json", help="also write the full result as JSON here")
     p.add_argument("--batch-size", type=int, default=64)
     add_postprocess_args(p)

@@ -25,7 +25,9 @@ import numpy as np
 import pandas as pd
 
 from trainer.data.common import paint_intervals
+from trainer.data.mabe25 import solution_frame
 from trainer.data.recording import UNLABELLED, DataError, Recording
+from trainer.metrics import mabe_score
 
 # --------------------------------------------------------------------------- runs and intervals
 
@@ -268,7 +270,10 @@ class PostprocessSettings:
     thresholds: {class name: probability threshold} (empty = plain argmax);
     smooth_window / smooth_method: temporal smoothing of probabilities (frames; mean|median);
     max_gap: background gaps of <= max_gap frames inside a bout are filled;
-    min_bout: bouts shorter than min_bout frames become background.
+    min_bout: bouts shorter than min_bout frames become background;
+    lab_thresholds: {lab_id: {class name: threshold, or null = never predicted in that lab}}
+    fitted on the MABe-2025 score (`fit_lab_thresholds`); a recording of a listed lab uses
+    these instead of `thresholds`, other labs fall back to `thresholds`.
     """
 
     thresholds: dict = field(default_factory=dict)
@@ -276,6 +281,7 @@ class PostprocessSettings:
     smooth_method: str = "mean"
     max_gap: int = 0
     min_bout: int = 1
+    lab_thresholds: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path) -> PostprocessSettings:
@@ -290,17 +296,20 @@ class PostprocessSettings:
         tmp.write_text(json.dumps(asdict(self), indent=2))
         tmp.replace(path)
 
-    def threshold_array(self, class_names: list[str]) -> np.ndarray | None:
-        """(C,) thresholds in class order, or None for argmax; missing classes get 0.5."""
-        if not self.thresholds:
+    def threshold_array(self, class_names: list[str], lab: str | None = None) -> np.ndarray | None:
+        """(C,) thresholds in class order (lab-specific when fitted for `lab`), or None for
+        argmax; missing classes get 0.5, switched-off ones (null) infinity."""
+        table = self.lab_thresholds.get(str(lab)) if lab is not None else None
+        table = table if table is not None else self.thresholds
+        if not table:
             return None
-        return np.array([float(self.thresholds.get(c, 0.5)) for c in class_names])
+        return np.array([np.inf if table.get(c, 0.5) is None else float(table.get(c, 0.5)) for c in class_names])
 
     def apply(self, probs: np.ndarray, class_names: list[str], *, background: int = 0,
-              class_mask: np.ndarray | None = None) -> np.ndarray:
-        """(T, C) probabilities of one (video, pair) -> (T,) labels."""
+              class_mask: np.ndarray | None = None, lab: str | None = None) -> np.ndarray:
+        """(T, C) probabilities of one (video, pair) of lab `lab` -> (T,) labels."""
         return postprocess_probs(
-            probs, thresholds=self.threshold_array(class_names), smooth_window=self.smooth_window,
+            probs, thresholds=self.threshold_array(class_names, lab), smooth_window=self.smooth_window,
             smooth_method=self.smooth_method, max_gap=self.max_gap, min_bout=self.min_bout,
             background=background, class_mask=class_mask,
         )
@@ -329,3 +338,177 @@ def fit_settings(
         thresholds={c: float(t) for i, (c, t) in enumerate(zip(class_names, thr, strict=True)) if i != background},
         smooth_window=smooth_window, smooth_method=smooth_method, max_gap=max_gap, min_bout=min_bout,
     )
+
+
+# --------------------------------------------------------------------------- MABe-2025 thresholds
+
+
+def lab_score_from_labels(y_pred: np.ndarray, y_true: np.ndarray, num_classes: int, *, background: int = 0) -> float:
+    """The MABe-2025 lab score of frame labels (N,) pooled over a lab's (video, pair) frames.
+
+    Mean F1 over the actions in the truth *plus every action predicted on at least one
+    frame* (the host counts a predicted, whitelisted action the lab never shows, with F1
+    0); frames with truth -1 are left out. 0 when there is no action at all.
+    """
+    keep = y_true != UNLABELLED
+    t, p = y_true[keep].astype(np.int64), y_pred[keep].astype(np.int64)
+    cm = np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    tp = np.diag(cm).astype(np.float64)
+    in_truth, predicted = cm.sum(axis=1) > 0, cm.sum(axis=0) > 0
+    fp, fn = cm.sum(axis=0) - tp, cm.sum(axis=1) - tp
+    actions = (in_truth | predicted) & (np.arange(num_classes) != background)
+    if not actions.any():
+        return 0.0
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    return float(f1[actions].mean())
+
+
+def fit_lab_thresholds(
+    probs: np.ndarray,
+    y_true: np.ndarray,
+    class_names: list[str],
+    *,
+    background: int = 0,
+    start: np.ndarray | None = None,
+    grid: np.ndarray | None = None,
+    rounds: int = 2,
+) -> tuple[dict, float, float]:
+    """Per-action thresholds of one lab that maximise its MABe-2025 score (coordinate ascent).
+
+    Args:
+        probs: (N, C) probabilities of the lab's frames (every labelled (video, pair)
+            sequence concatenated), non-whitelisted classes already zeroed
+            (`restrict_to_mask`).
+        y_true: (N,) true labels, -1 ignored.
+        start: (C,) starting thresholds (default 0.5).
+        grid: candidate thresholds (default 0.05 ... 0.95); "off" (never predict the
+            action in this lab) is always a candidate and wins ties: an action the lab's
+            truth never shows costs a whole action in the host's mean when predicted.
+
+    Returns:
+        ({class name: threshold or None (= off)} for every non-background class, the lab
+        score with the starting thresholds, the lab score with the fitted ones).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y_true)
+    C = p.shape[1]
+    grid = np.arange(0.05, 0.951, 0.05) if grid is None else np.asarray(grid, dtype=np.float64)
+    thr = np.full(C, 0.5) if start is None else np.asarray(start, dtype=np.float64).copy()
+    thr[background] = 0.0
+
+    def score(t):
+        return lab_score_from_labels(apply_thresholds(p, t, background=background), y, C, background=background)
+
+    before = best = score(thr)
+    candidates = np.concatenate([[np.inf], grid])  # "off" first, so it wins ties
+    for _ in range(rounds):
+        changed = False
+        for c in range(C):
+            if c == background:
+                continue
+            trial = thr.copy()
+            scores = []
+            for v in candidates:
+                trial[c] = v
+                scores.append(score(trial))
+            k = int(np.argmax(scores))
+            if scores[k] > best + 1e-12:
+                thr[c], best, changed = candidates[k], scores[k], True
+        if not changed:
+            break
+    out = {name: (None if np.isinf(thr[c]) else float(thr[c])) for c, name in enumerate(class_names) if c != background}
+    return out, before, best
+
+
+def fit_mabe_settings(
+    recs: list[Recording],
+    probs: list[list[np.ndarray]],
+    class_names: list[str],
+    settings: PostprocessSettings,
+    *,
+    background: int = 0,
+) -> tuple[PostprocessSettings, dict]:
+    """`settings` plus per lab x action thresholds fitted on the MABe-2025 score.
+
+    Args:
+        recs: annotated mabe25 recordings (validation or out-of-fold: never the test set).
+        probs: per recording, per pair, (T, C) probabilities of the model.
+        settings: current settings; their smoothing is applied before fitting and their
+            per-class `thresholds` are the starting point (and stay the fallback for labs
+            not seen here). Gap filling / minimum bout are applied after the fitted
+            thresholds at predict time but not modelled while fitting.
+
+    Returns:
+        (new settings, {lab: {"before": lab score, "after": lab score}}) - frame-based lab
+        scores on these recordings, for the log.
+    """
+    per_lab: dict[str, tuple[list, list]] = {}
+    for rec, per_pair in zip(recs, probs, strict=True):
+        if rec.labels is None:
+            continue
+        lab = str(rec.meta.get("lab_id", ""))
+        for k, pr in enumerate(per_pair):
+            mask = rec.label_mask[k] if rec.label_mask is not None else None
+            if mask is not None and not mask[np.arange(len(mask)) != background].any():
+                continue  # nothing whitelisted for this pair: the scorer drops all its rows
+            pr = smooth_probs(restrict_to_mask(pr, mask), window=settings.smooth_window, method=settings.smooth_method)
+            ps, ys = per_lab.setdefault(lab, ([], []))
+            ps.append(pr)
+            ys.append(rec.labels[:, k])
+    start = settings.threshold_array(class_names)
+    lab_thr, report = {}, {}
+    for lab in sorted(per_lab):
+        ps, ys = per_lab[lab]
+        lab_thr[lab], before, after = fit_lab_thresholds(np.concatenate(ps), np.concatenate(ys), class_names,
+                                                         background=background, start=start)
+        report[lab] = {"before": before, "after": after}
+    fitted = PostprocessSettings(**{**asdict(settings), "lab_thresholds": lab_thr})
+    return fitted, report
+
+
+def postprocess_recordings(recs: list[Recording], probs: list[list[np.ndarray]], settings: PostprocessSettings,
+                           class_names: list[str], *, background: int = 0) -> list[np.ndarray]:
+    """Per recording (T, P) labels after `settings`: each pair's label mask, the thresholds
+    of the recording's lab (meta["lab_id"]) where fitted, smoothing and bouts."""
+    out = []
+    for r, per_pair in zip(recs, probs, strict=True):
+        cols = [settings.apply(pr, class_names, background=background, lab=r.meta.get("lab_id"),
+                               class_mask=r.label_mask[p] if r.label_mask is not None else None)
+                for p, pr in enumerate(per_pair)]
+        out.append(np.stack(cols, axis=1))
+    return out
+
+
+def search_mabe_settings(
+    recs: list[Recording],
+    probs: list[list[np.ndarray]],
+    class_names: list[str],
+    settings: PostprocessSettings,
+    *,
+    background: int = 0,
+    smooth_windows: tuple = (1, 5, 15),
+    min_bouts: tuple = (1, 5, 15),
+) -> tuple[PostprocessSettings, float, list[dict]]:
+    """Smoothing window x minimum bout chosen by the MABe-2025 score, lab thresholds fitted for each.
+
+    For every (smooth_window, min_bout) of the grids, `fit_mabe_settings` fits the per lab x
+    action thresholds after that smoothing, and the whole chain is scored with the host-equal
+    `mabe_score` on these recordings (their `solution_frame`); the best wins (ties: the
+    smaller window, then the smaller bout). Fit on validation / out-of-fold recordings.
+
+    Returns:
+        (best settings, its score, [{"smooth_window", "min_bout", "score"} per grid point]).
+    """
+    solution = solution_frame(recs)
+    best, best_score, table = None, -1.0, []
+    for w in sorted(set(smooth_windows)):
+        for b in sorted(set(min_bouts)):
+            trial = PostprocessSettings(**{**asdict(settings), "smooth_window": int(w), "min_bout": int(b)})
+            fitted, _ = fit_mabe_settings(recs, probs, class_names, trial, background=background)
+            sub = mabe_submission(recs, postprocess_recordings(recs, probs, fitted, class_names, background=background),
+                                  background=background)
+            score = mabe_score(solution, sub) if len(solution) and len(sub) else 0.0
+            table.append({"smooth_window": int(w), "min_bout": int(b), "score": score})
+            if score > best_score + 1e-12:
+                best, best_score = fitted, score
+    return best, best_score, table

@@ -47,7 +47,7 @@ from trainer.data.windows import WindowDataset, make_sequences
 from trainer.engine import predict_logits
 from trainer.features import FeaturePipeline
 from trainer.models import build_model
-from trainer.postprocess import PostprocessSettings, intervals_table, mabe_submission
+from trainer.postprocess import PostprocessSettings, intervals_table, mabe_submission, postprocess_recordings
 from trainer.rundir import one_line_errors, remove_quietly, storage_error
 
 log = logging.getLogger("trainer.predict")
@@ -108,15 +108,9 @@ class Predictor:
 
     def postprocess(self, recs: list[Recording], probs: list[list[np.ndarray]],
                     settings: PostprocessSettings) -> list[np.ndarray]:
-        """Per recording (T, P) labels after `settings` (smoothing, thresholds, bouts)."""
-        out = []
-        for r, per_pair in zip(recs, probs):
-            cols = []
-            for p, pr in enumerate(per_pair):
-                mask = r.label_mask[p] if r.label_mask is not None else None
-                cols.append(settings.apply(pr, self.class_names, background=self.background, class_mask=mask))
-            out.append(np.stack(cols, axis=1))
-        return out
+        """Per recording (T, P) labels after `settings` (smoothing, thresholds - per lab where
+        fitted for the recording's lab_id - and bouts)."""
+        return postprocess_recordings(recs, probs, settings, self.class_names, background=self.background)
 
     def settings(self) -> PostprocessSettings:
         """postprocess.json of the checkpoint directory, else plain argmax."""

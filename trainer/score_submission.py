@@ -1,0 +1,92 @@
+"""Score a MABe-2025 submission CSV locally, as the competition host would.
+
+    python -m trainer.score_submission --data data/mabe --submission submission.csv [--json out.json]
+
+The solution is built from the annotated videos of `--data` (root or train.csv; every
+video with `behaviors_labeled` and an annotation file): ids written `mouse<N>` and `self`
+for a self target, as in Kaggle's files. The score is `trainer.metrics.mabe_score`, equal
+to the host's including its quirks (docs/formats.md, "Scoring"); input the host rejects
+(overlapping actions of one pair, stop_frame < start_frame, float frames, ...) is reported
+as one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from trainer.data.mabe25 import ANNOTATION_COLUMNS, locate, read_video_table
+from trainer.data.recording import DataError
+from trainer.metrics import mabe_score_details
+
+log = logging.getLogger("trainer.score_submission")
+
+
+def solution_from_layout(path: str) -> pd.DataFrame:
+    """Truth intervals of a MABe-2025 train layout in the scorer's form (see solution_frame)."""
+    root, split, csv_path, _ = locate(path)
+    table = read_video_table(csv_path)
+    parts = []
+    for row in table.itertuples(index=False):
+        bl = row.behaviors_labeled
+        if not isinstance(bl, str) or bl.strip() in ("", "[]"):
+            continue
+        file = root / f"{split}_annotation" / str(row.lab_id) / f"{row.video_id}.parquet"
+        if not file.is_file():
+            continue
+        try:
+            ann = pd.read_parquet(file)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for corrupt files
+            raise DataError(f"{file}: cannot read as parquet ({type(e).__name__}: {e})") from None
+        missing = [c for c in ANNOTATION_COLUMNS if c not in ann.columns]
+        if missing:
+            raise DataError(f"{file}: missing column '{missing[0]}' (annotations need {ANNOTATION_COLUMNS})")
+        agent = [f"mouse{a}" if not str(a).startswith("mouse") else str(a) for a in ann["agent_id"]]
+        target = [f"mouse{t}" if not str(t).startswith("mouse") else str(t) for t in ann["target_id"]]
+        parts.append(pd.DataFrame({
+            "video_id": str(row.video_id),
+            "agent_id": agent,
+            "target_id": ["self" if a == t else t for a, t in zip(agent, target, strict=True)],
+            "action": ann["action"].astype(str).to_numpy(),
+            "start_frame": ann["start_frame"].to_numpy(),
+            "stop_frame": ann["stop_frame"].to_numpy(),
+            "lab_id": str(row.lab_id),
+            "behaviors_labeled": bl,
+        }))
+    if not parts:
+        raise DataError(f"{csv_path}: no annotated video (behaviors_labeled + annotation file) to score against")
+    return pd.concat(parts, ignore_index=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    p = argparse.ArgumentParser(prog="python -m trainer.score_submission", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="MABe-2025 root or train.csv with train_annotation/")
+    p.add_argument("--submission", required=True, help="submission CSV (row_id, video_id, agent_id, ...)")
+    p.add_argument("--json", help="also write the per-lab breakdown as JSON here")
+    args = p.parse_args(argv)
+    try:
+        solution = solution_from_layout(args.data)
+        try:
+            submission = pd.read_csv(args.submission)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise DataError(f"{args.submission}: cannot read as CSV ({str(e).splitlines()[0]})") from None
+        result = mabe_score_details(solution, submission)
+    except DataError as e:  # SubmissionError included
+        log.error("error: %s", e)
+        return 2
+    log.info("MABe-2025 score: %.6f", result["score"])
+    for lab, d in result["labs"].items():
+        log.info("  %-24s %.4f   [%s]", lab, d["score"], ", ".join(f"{a}={v:.3f}" for a, v in d["f1"].items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
