@@ -298,6 +298,12 @@ def train(config: dict, name: str, source: dict | None = None) -> dict:
         cfg = container_config(config, name)
         _require_gpu()
         _log_attempt(cfg, source or {})
+        if cfg.data.fold == -1:  # every fold (trainer/cv.py): cv.json and oof.npz land on the volume too
+            from trainer.cv import cross_validate
+
+            summary = cross_validate(cfg, on_checkpoint=commit_volume)
+            commit_volume()
+            return summary
         return run_training(cfg, on_checkpoint=commit_volume)
     except USER_ERRORS as e:
         return {"error": str(e)}
@@ -315,6 +321,12 @@ def train_trial(config: dict, name: str, source: dict | None = None) -> Iterator
     cfg = container_config(config, name)
     _require_gpu()
     _log_attempt(cfg, source or {})
+    if cfg.data.fold == -1:  # a cross-validated trial: the folds in lock-step, rows = running means
+        from trainer.cv import cv_epoch_stream
+
+        yield from cv_epoch_stream(cfg, on_checkpoint=commit_volume)
+        commit_volume()
+        return
     yield from epoch_stream(cfg, on_checkpoint=commit_volume)
 
 
