@@ -179,3 +179,19 @@ def test_window_seconds_refuses_videos_of_different_frame_rates(tiny):
     for r in val:
         r.fps = 120.0
     assert prepare_data(cfg, (train, val)).length == 120  # one second at 120 fps
+
+
+def test_closing_the_lock_step_stream_stops_every_fold_and_resume_continues_the_epochs(tiny, tmp_path):
+    def epochs(fold: int) -> list[int]:
+        lines = (tmp_path / "runs" / "cv" / f"fold_{fold}" / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x)["epoch"] for x in lines]
+
+    rows = cv_epoch_stream(make_config(None, [*tiny, *KFOLD, "name=cv"]))
+    assert next(rows)["epoch"] == 1
+    rows.close()  # what ASHA stopping the trial (or a killed sweep) does
+    assert epochs(0) == [1] and epochs(1) == [1]  # each fold stopped after the judged epoch
+    again = list(cv_epoch_stream(make_config(None, [*tiny, *KFOLD, "name=cv", "resume=auto"])))
+    assert [r["epoch"] for r in again] == [2]  # resumed: the epochs continue, nothing is redone
+    assert epochs(0) == [1, 2] and epochs(1) == [1, 2]
+    summary = json.loads((tmp_path / "runs" / "cv" / "cv.json").read_text())
+    assert summary["mean"]["val_macro_f1"] == pytest.approx(again[-1]["best_val_macro_f1"])

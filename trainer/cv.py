@@ -369,37 +369,40 @@ def cv_epoch_stream(cfg: Config, *, recordings: list[Recording] | None = None, t
     t0 = time.perf_counter()
     run_dir, folds = plan_folds(cfg, recordings)
     finals: dict[int, dict] = {}
-    latest: dict[int, dict] = {}
+    latest: dict[int, dict] = {}  # fold -> its latest row (or what its checkpoint says)
+    done_epochs: dict[int, int] = {}
     for fold in folds:
         done = _fold_done(fold)
         if done is not None:
             finals[fold.index] = done
             latest[fold.index] = {"best_val_macro_f1": done["val_macro_f1"]}
-    streams = {f.index: epoch_stream(f.config, train_fn=train_fn, recordings=(f.train, f.val), **train_kwargs)
-               for f in folds if f.index not in finals}
+            continue
+        ck = ckpt_io.resolve(fold.dir) if cfg.resume else None  # resumed: where this fold stands
+        state = ckpt_io.read_state(ck) if ck is not None else {}
+        done_epochs[fold.index] = int(state.get("epoch", 0))
+        if state:
+            latest[fold.index] = {"best_val_macro_f1": state["best_score"]}
+    streams = {i: epoch_stream(folds[i].config, train_fn=train_fn, recordings=(folds[i].train, folds[i].val),
+                               **train_kwargs) for i in done_epochs}
     try:
-        for epoch in range(1, cfg.epochs + 1):
-            advanced = False
-            for i, stream in list(streams.items()):
+        while streams:
+            # advance the folds that are behind by one epoch (all of them, unless a kill left them uneven)
+            epoch = min(done_epochs[i] for i in streams) + 1
+            reported = False
+            for i in [i for i in streams if done_epochs[i] < epoch]:
                 try:
-                    row = next(stream)
-                except StopIteration as end:  # early stopping (or resumed past its last epoch)
+                    row = next(streams[i])
+                except StopIteration as end:  # past its last epoch (or stopped early): train() returned
                     finals[i] = end.value
                     del streams[i]
                     continue
-                advanced = True
+                done_epochs[i], reported = row["epoch"], True
                 latest[i] = {k: v for k, v in row.items() if k != "checkpoint"}
-            if not advanced:
-                break
-            yield running_row(epoch, latest, len(folds))
-        for stream in streams.values():  # past the last epoch: let each train() write its metrics.json
-            for _ in stream:
-                pass
+            if reported:
+                yield running_row(epoch, latest, len(folds))
     finally:
-        for stream in streams.values():
+        for stream in streams.values():  # closed early (ASHA): each fold stops after its current epoch
             stream.close()
-    for i in streams:
-        finals.setdefault(i, json.loads((folds[i].dir / "metrics.json").read_text()))
     for fold in folds:
         if not (fold.dir / OOF).is_file():
             _finish_fold(fold, finals[fold.index])
