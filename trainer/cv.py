@@ -261,7 +261,7 @@ def _num(v, width: int = 6) -> str:
 def format_summary(s: dict) -> str:
     """The one-table console summary of cv.json."""
     behaviours = [c for c in s["class_names"] if c != s["background"] or len(s["class_names"]) == 1]
-    w = max(8, *(len(c) for c in behaviours)) + 1
+    w = max(13, *(len(c) + 1 for c in behaviours))  # room for "0.812±0.021" plus a space
     head = f"{'fold':<11s}{'videos':>7s}{'epoch':>6s} {'macro F1':>{w}s}" + "".join(f"{c:>{w}s}" for c in behaviours)
     lines = [f"\ncross-validation: {s['num_folds']} folds (data.split={s['split']}, split_seed {s['split_seed']}), "
              "each fold at its best epoch", head]
