@@ -195,3 +195,9 @@ def test_closing_the_lock_step_stream_stops_every_fold_and_resume_continues_the_
     assert epochs(0) == [1, 2] and epochs(1) == [1, 2]
     summary = json.loads((tmp_path / "runs" / "cv" / "cv.json").read_text())
     assert summary["mean"]["val_macro_f1"] == pytest.approx(again[-1]["best_val_macro_f1"])
+
+
+def test_cross_validation_under_several_processes_is_refused_in_one_line(tiny, caplog, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what `accelerate launch --num_processes 2` sets
+    assert run_main([*tiny, *KFOLD]) == 2
+    assert "runs in one process" in caplog.text

@@ -103,32 +103,13 @@ def fold_config(cfg: Config, run_dir: Path, i: int, *, continuing: bool) -> Conf
                                data=dataclasses.replace(cfg.data, fold=i))
 
 
-class _OneProcess:
-    num_processes, is_main_process = 1, True
-
-    def wait_for_everyone(self) -> None:
-        pass
-
-
-def _process():
-    """Accelerate's view of this process under `accelerate launch` (every process runs the folds), else
-    a single main process: PartialState is only built when launched, since it would pin the device
-    before train() builds its Accelerator (device=cpu on a GPU machine)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _OneProcess()
-    from accelerate import PartialState
-
-    return PartialState()
-
-
 def plan_folds(cfg: Config, recordings: list[Recording] | None = None) -> tuple[Path, list[Fold]]:
     """Read the data once, split it into k folds, write config.yaml and folds.json (checked on resume)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # each fold's train() ends its process group, and OOF scoring starts another: not across processes
+        raise ConfigError("cross-validation (data.fold=-1) runs in one process: launch it without "
+                          "--num_processes > 1, or run one fold per launch with data.fold=0..k-1")
     run_dir, continuing = cv_dir(cfg)
-    state = _process()
-    if state.num_processes > 1:  # auto names use the clock: every process takes the main one's
-        from accelerate.utils import broadcast_object_list
-
-        run_dir = Path(broadcast_object_list([str(run_dir)])[0])
     recs = recordings if recordings is not None else load_recordings(cfg)
     folds = []
     for i in range(cfg.data.num_folds):
@@ -142,14 +123,12 @@ def plan_folds(cfg: Config, recordings: list[Recording] | None = None) -> tuple[
         if old["folds"] != plan["folds"]:
             raise ConfigError(f"resume: the data or split settings changed since {run_dir} started "
                               "(different fold videos); start a new run")
-    elif state.is_main_process:
+    else:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
         ckpt_io.write_json(run_dir / PLAN, plan)
-    if state.is_main_process:
-        with open(run_dir / "command.txt", "a") as f:
-            f.write(" ".join([Path(sys.executable).name, *sys.argv]) + "\n")
-    state.wait_for_everyone()
+    with open(run_dir / "command.txt", "a") as f:
+        f.write(" ".join([Path(sys.executable).name, *sys.argv]) + "\n")
     return run_dir, folds
 
 
@@ -293,17 +272,11 @@ def _fold_done(fold: Fold) -> dict | None:
 
 
 def _finish_fold(fold: Fold, final: dict) -> None:
-    oof = fold_oof(fold, Path(final["checkpoint"]))  # every process: the windows are sharded over them
-    state = _process()
-    if state.is_main_process:
-        save_npz(fold.dir / OOF, oof)
-    state.wait_for_everyone()
+    save_npz(fold.dir / OOF, fold_oof(fold, Path(final["checkpoint"])))
 
 
 def _finish(cfg: Config, run_dir: Path, folds: list[Fold], finals: dict[int, dict], t0: float) -> dict:
-    """Merge the folds' OOF tables, write cv.json and print the table (main process; others get {})."""
-    if not _process().is_main_process:
-        return {}
+    """Merge the folds' OOF tables, write cv.json and print the table."""
     oof = merge_oof([load_oof(f.dir / OOF) for f in folds])
     save_npz(run_dir / OOF, oof)
     summary = summarise(cfg, run_dir, folds, finals, oof, time.perf_counter() - t0)
@@ -314,8 +287,7 @@ def _finish(cfg: Config, run_dir: Path, folds: list[Fold], finals: dict[int, dic
 
 def cross_validate(cfg: Config, *, recordings: list[Recording] | None = None, train_fn: Callable | None = None,
                    **train_kwargs) -> dict:
-    """Train the k folds one after the other, write the OOF tables and cv.json; returns cv.json's dict
-    (on the main process; {} on the others under `accelerate launch`).
+    """Train the k folds one after the other, write the OOF tables and cv.json; returns cv.json's dict.
 
     recordings: optional list of Recording to split (skips reading). train_kwargs go to every
     fold's train() (e.g. on_checkpoint). A resumed run skips finished folds.
