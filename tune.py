@@ -5,6 +5,7 @@
     python tune.py --space search_spaces/default.yaml --backend modal --gpu A10G
     python tune.py --storage runs/sweeps --name <sweep> --resume      # continue an interrupted sweep
     python tune.py --smoke-test                                        # 2 tiny trials (CI)
+    python tune.py --space ... data.split=kfold data.fold=-1           # trials scored by k-fold CV (docs/cv.md)
 
 A trial is `trainer.run.train(config)`, the same entry as `trainer/run.py`; each epoch is
 reported to Tune with its checkpoint, ASHA stops weak trials early on val macro F1, and a
