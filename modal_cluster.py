@@ -27,7 +27,6 @@ import functools
 import json
 import logging
 import os
-import queue
 import shlex
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from pathlib import Path
 import modal
 
 from trainer.config import Config, ConfigError, all_keys, flat_dict, make_config
+from trainer.stream import epoch_stream
 
 log = logging.getLogger("modal_cluster")
 
@@ -298,58 +298,15 @@ def train(config: dict, name: str, source: dict | None = None) -> dict:
         cfg = container_config(config, name)
         _require_gpu()
         _log_attempt(cfg, source or {})
+        if cfg.data.fold == -1:  # every fold (trainer/cv.py): cv.json and oof.npz land on the volume too
+            from trainer.cv import cross_validate
+
+            summary = cross_validate(cfg, on_checkpoint=commit_volume)
+            commit_volume()
+            return summary
         return run_training(cfg, on_checkpoint=commit_volume)
     except USER_ERRORS as e:
         return {"error": str(e)}
-
-
-class TrialStopped(Exception):
-    """Raised from the epoch hook to end train() once the consumer of train_trial has gone."""
-
-
-_END = object()
-
-
-def _epoch_stream(cfg: Config) -> Iterator[dict]:
-    """train(cfg) in a thread, its per-epoch rows as a generator.
-
-    After each epoch the trainer waits until the consumer asks for the next row; closing the
-    generator (ASHA stopping the trial) makes the trainer stop at that point.
-    """
-    from trainer.run import train as run_training
-
-    rows: queue.Queue = queue.Queue()
-    more = threading.Semaphore(0)
-    stop = threading.Event()
-    outcome: dict = {}
-
-    def on_epoch_end(row: dict) -> None:
-        rows.put(row)
-        more.acquire()
-        if stop.is_set():
-            raise TrialStopped
-
-    def work() -> None:
-        try:
-            outcome["final"] = run_training(cfg, on_epoch_end=on_epoch_end, on_checkpoint=commit_volume)
-        except BaseException as e:  # re-raised in the consumer's thread below
-            outcome["error"] = e
-        finally:
-            rows.put(_END)
-
-    thread = threading.Thread(target=work, name=f"train-{cfg.name}", daemon=True)
-    thread.start()
-    try:
-        while (row := rows.get()) is not _END:
-            yield row
-            more.release()
-    finally:
-        stop.set()
-        more.release()
-        thread.join()
-    error = outcome.get("error")
-    if error is not None and not isinstance(error, TrialStopped):
-        raise error
 
 
 @app.function(gpu=DEFAULTS.modal_gpu, timeout=DEFAULTS.modal_timeout, volumes=VOLUMES, cpu=CPU_CORES,
@@ -364,7 +321,13 @@ def train_trial(config: dict, name: str, source: dict | None = None) -> Iterator
     cfg = container_config(config, name)
     _require_gpu()
     _log_attempt(cfg, source or {})
-    yield from _epoch_stream(cfg)
+    if cfg.data.fold == -1:  # a cross-validated trial: the folds in lock-step, rows = running means
+        from trainer.cv import cv_epoch_stream
+
+        yield from cv_epoch_stream(cfg, on_checkpoint=commit_volume)
+        commit_volume()
+        return
+    yield from epoch_stream(cfg, on_checkpoint=commit_volume)
 
 
 def _harness():

@@ -5,6 +5,7 @@
     python tune.py --space search_spaces/default.yaml --backend modal --gpu A10G
     python tune.py --storage runs/sweeps --name <sweep> --resume      # continue an interrupted sweep
     python tune.py --smoke-test                                        # 2 tiny trials (CI)
+    python tune.py --space ... data.split=kfold data.fold=-1           # trials scored by k-fold CV (docs/cv.md)
 
 A trial is `trainer.run.train(config)`, the same entry as `trainer/run.py`; each epoch is
 reported to Tune with its checkpoint, ASHA stops weak trials early on val macro F1, and a
@@ -411,6 +412,9 @@ def run_local_trial(params: dict, *, sweep: Sweep) -> None:
 
     trial_id = ray_tune.get_context().get_trial_id()
     cfg = make_config(None, trial_config_overrides(sweep, params, trial_id), base=sweep.base)
+    if cfg.data.fold == -1:
+        run_cv_trial(cfg, run_dir=sweep.runs_dir / cfg.name)
+        return
 
     final: list[dict] = []
 
@@ -430,6 +434,30 @@ def run_local_trial(params: dict, *, sweep: Sweep) -> None:
     train(cfg, on_epoch_end=report, hparam_keys=parse_space(sweep.space).swept_keys())
     for row in final:
         send(row)
+
+
+def run_cv_trial(cfg, *, run_dir: Path) -> None:
+    """A cross-validated trial (data.fold=-1): the k folds in lock-step, the mean over folds reported each epoch.
+
+    The metric is the mean of the folds' best val macro F1 so far, so ASHA compares trials on
+    their cross-validated score; the trial's run directory ends with cv.json and oof.npz
+    (trainer/cv.py). No Tune checkpoint: a restarted trial resumes from its folds' checkpoints.
+    """
+    from trainer.cv import cv_epoch_stream
+
+    rows = cv_epoch_stream(cfg)
+    final: list[dict] = []
+    try:
+        for row in rows:
+            row = dict(row, run_dir=str(run_dir))
+            if row["epoch"] == cfg.epochs:
+                final.append(row)  # reported once cv.json is written (Tune stops a trial on its last report)
+                continue
+            ray_tune.report(_metrics(row))
+    finally:
+        rows.close()  # ASHA stopped the trial: pause no fold thread forever in a reused actor
+    for row in final:
+        ray_tune.report(_metrics(row))
 
 
 class StreamTrial(ray_tune.Trainable):
@@ -723,6 +751,9 @@ def trial_table(grid, sweep: Sweep, *, previous: dict | None = None, running: se
             "status": status,
             "epochs": m.get("epoch", old.get("epochs", 0)),
             "val_macro_f1": m.get(METRIC, old.get("val_macro_f1")),
+            "val_macro_f1_std": m.get(f"{METRIC}_std", old.get("val_macro_f1_std")),  # cross-validated: std over folds
+            "fold_scores": [m[f"fold_{i}_{METRIC}"] for i in range(int(m.get("folds", 0)))
+                            if f"fold_{i}_{METRIC}" in m],
             "time_s": m.get("time_total_s"),
             "train_time_s": m.get("train_time_s"),
             "params": space.overrides(result.config) if result.config else old.get("params", {}),
@@ -747,6 +778,11 @@ def write_best_yaml(sweep: Sweep, best: dict, path: Path, *, partial: bool = Fal
               f"# best trial {best['trial']} of sweep {sweep.dir}: val macro F1 {best['val_macro_f1']:.4f} "
               f"({best['status']} after {best['epochs']} epochs)\n"
               f"# sampled: {json.dumps(best['params'])}\n")
+    if best.get("fold_scores"):  # cross-validated: the score is a mean over these folds
+        header += (f"# cross-validated over {len(best['fold_scores'])} folds (data.split={cfg.data.split}, "
+                   f"split_seed {cfg.data.split_seed}): mean {best['val_macro_f1']:.4f} +- "
+                   f"{best['val_macro_f1_std']:.4f}, per fold {[round(v, 4) for v in best['fold_scores']]}; "
+                   f"fold videos: {Path(best['run_dir']) / 'folds.json'}\n")
     path.write_text(header + config_to_yaml(cfg))
 
 
@@ -763,11 +799,18 @@ def _trial_number(run_name: str) -> str:
     return run_name.split("-", 1)[0]
 
 
+def _score(row: dict) -> str:
+    """0.8123, or 0.8123 ± 0.0210 for a cross-validated trial (mean ± std over folds)."""
+    if row["val_macro_f1"] is None:
+        return "-"
+    std = row.get("val_macro_f1_std")
+    return f"{row['val_macro_f1']:.4f}" + ("" if std is None else f" ± {std:.4f}")
+
+
 def format_table(rows: list[dict]) -> str:
     keys = list(dict.fromkeys(k for r in rows for k in r["params"]))
     head = ["trial", "status", "epochs", "val_macro_f1", *keys, "time_s"]
-    body = [[_trial_number(r["trial"]), r["status"], str(r["epochs"]),
-             "-" if r["val_macro_f1"] is None else f"{r['val_macro_f1']:.4f}",
+    body = [[_trial_number(r["trial"]), r["status"], str(r["epochs"]), _score(r),
              *[_fmt(r["params"].get(k, "")) for k in keys],
              "-" if r["time_s"] is None else f"{r['time_s']:.0f}"] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]

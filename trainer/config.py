@@ -49,9 +49,10 @@ class DataConfig:
     path: str = ""  # file or directory the reader loads (unused by synthetic)
     val_path: str = ""  # optional separate validation file/directory; else split `path` by video
     val_fraction: float = 0.2  # fraction of videos held out for validation
-    split: str = "by_video"  # by_video | by_lab (mabe25) | kfold
-    num_folds: int = 5  # k for split=kfold
-    fold: int = 0  # which fold is validation for split=kfold
+    split: str = "by_video"  # by_video | by_lab (mabe25) | kfold (videos) | by_time (time blocks of every video)
+    num_folds: int = 5  # k for split=kfold / by_time
+    fold: int = 0  # validation fold for split=kfold / by_time; -1 = cross-validate: train all k folds (docs/cv.md)
+    time_gap: float = 0.0  # by_time: seconds left out each side of a val block; at least one window either way
     split_seed: int = 0  # seed of the video shuffle before splitting
     background_class: str = "other"  # name of the background class (frames with no behaviour)
     annotation_path: str = ""  # dlc: annotation file/dir (BORIS csv or Caltech .annot)
@@ -180,7 +181,7 @@ _CHOICES = {
     "optimizer": ("adamw", "adam", "sgd"),
     "scheduler": ("none", "plateau", "cosine", "onecycle"),
     "loss": ("cross_entropy", "focal"),
-    "data.split": ("by_video", "by_lab", "kfold"),
+    "data.split": ("by_video", "by_lab", "kfold", "by_time"),
     "data.annotation_format": ("auto", "boris", "caltech"),
     "data.skeleton": ("auto", "native", "canonical"),
     "data.units": ("px", "cm"),
@@ -388,6 +389,13 @@ def validate(cfg: Config) -> None:
         close = difflib.get_close_matches(cfg.model_type, list(MODELS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(MODELS)}"
         raise ConfigError(f"config key 'model_type': unknown model '{cfg.model_type}'{hint}")
+    if cfg.data.fold == -1 and cfg.data.split not in ("kfold", "by_time"):
+        raise ConfigError(f"config key 'data.fold' is -1 (cross-validate) but data.split is '{cfg.data.split}'; "
+                          "use data.split=kfold (folds of videos) or data.split=by_time (time blocks)")
+    if cfg.data.fold < -1:
+        raise ConfigError(f"config key 'data.fold' must be a fold index or -1 (all folds), got {cfg.data.fold}")
+    if cfg.data.time_gap < 0:
+        raise ConfigError("config key 'data.time_gap' must be >= 0 seconds")
     if not 2 <= cfg.data.synthetic.num_mice <= 4:
         raise ConfigError("config key 'data.synthetic.num_mice' must be 2, 3 or 4")
 

@@ -163,6 +163,22 @@ def window_length(cfg: Config, fps: float) -> int:
     return cfg.sequence_length
 
 
+def window_fps(cfg: Config, recs) -> float:
+    """The one frame rate window_seconds is converted at; DataError when the videos disagree.
+
+    One window length serves every video, so with window_seconds > 0 and videos of different
+    frame rates the same seconds would be different frame counts (e.g. 30 and 120 fps).
+    """
+    rates: dict[float, list[str]] = {}
+    for r in recs:
+        rates.setdefault(round(float(r.fps), 2), []).append(r.video_id)
+    if cfg.window_seconds > 0 and len(rates) > 1:
+        listed = "; ".join(f"{f:g} fps: {len(v)} video(s), e.g. {v[0]}" for f, v in sorted(rates.items()))
+        raise DataError(f"window_seconds={cfg.window_seconds:g} needs one frame rate, but the videos have "
+                        f"{listed}; train one model per frame rate or set sequence_length (frames) instead")
+    return float(recs[0].fps)
+
+
 def prepare_data(cfg: Config, recordings=None) -> Data:
     """Read/split recordings, fit features on train only, build train/val window datasets."""
     train_recs, val_recs = recordings if recordings is not None else load_splits(cfg)
@@ -198,7 +214,7 @@ def prepare_data(cfg: Config, recordings=None) -> Data:
     )
     train_seqs = make_sequences(train_recs, pipeline.fit_transform(train_recs), len(class_names))
     val_seqs = make_sequences(val_recs, [pipeline.transform(r) for r in val_recs], len(class_names))
-    length = window_length(cfg, train_recs[0].fps)
+    length = window_length(cfg, window_fps(cfg, train_recs + val_recs))
     aug = cfg.use_augmentation
     train_ds = WindowDataset(
         train_seqs,
@@ -468,7 +484,7 @@ def train(
     lock = take_run_dir(accelerator, run_dir, cfg)
     try:
         return _train(cfg, accelerator, precision, run_dir, resume_from, t_start, recordings, on_epoch_end,
-                      on_checkpoint)
+                      on_checkpoint, hparam_keys)
     finally:
         if lock is not None:
             lock.release()
@@ -491,7 +507,7 @@ def take_run_dir(accelerator, run_dir: Path, cfg: Config) -> rundir.RunLock | No
 
 
 def _train(cfg, accelerator, precision, run_dir, resume_from, t_start, recordings, on_epoch_end,
-           on_checkpoint) -> dict:
+           on_checkpoint, hparam_keys=None) -> dict:
     main_proc = accelerator.is_main_process
 
     set_seed(cfg.seed)
@@ -769,7 +785,9 @@ def resolve_config(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     if args.resume:
         overrides.append(f"resume={args.resume}")
-        if args.resume != "auto":
+        if args.resume != "auto" and (Path(args.resume) / "folds.json").is_file():  # a cross-validation (trainer/cv.py)
+            base = load_yaml(Path(args.resume) / "config.yaml")
+        elif args.resume != "auto":
             ck = ckpt_io.resolve(args.resume)
             if ck is None:
                 raise ConfigError(f"--resume: no complete checkpoint in '{args.resume}'")
@@ -788,7 +806,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve_config(args)
         with npy_consent(typed_calms21):
-            train(cfg)
+            if cfg.data.fold == -1:  # every fold of data.split=kfold/by_time: trainer/cv.py (it imports this module)
+                from trainer.cv import cross_validate
+
+                cross_validate(cfg)
+            else:
+                train(cfg)
     except USER_ERRORS as e:
         logging.getLogger("trainer").error("error: %s", e)
         return 1 if isinstance(e, NonFiniteLossError) else 2

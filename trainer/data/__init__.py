@@ -7,6 +7,7 @@ format = one module + one `register_reader` line; nothing else changes.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 from collections.abc import Callable
@@ -29,7 +30,8 @@ READERS: dict[str, str] = {
     "auto": "trainer.data.detect:read_auto",  # detect one of the above from the files
 }
 
-__all__ = ["READERS", "UNLABELLED", "DataError", "Recording", "get_reader", "load_splits", "read_recordings"]
+__all__ = ["READERS", "UNLABELLED", "DataError", "Recording", "get_reader", "load_recordings", "load_splits",
+           "read_recordings", "split_recordings"]
 
 
 def register_reader(name: str, target: str) -> None:
@@ -85,7 +87,7 @@ def split_by_video(
     if len(recs) < 2:
         raise DataError(
             f"need at least 2 videos to split train/val by video, found {len(recs)}; "
-            "add videos or set data.val_path"
+            "add videos, set data.val_path, or hold out time blocks of every video with data.split=by_time"
         )
     order = np.random.default_rng(seed).permutation(len(recs))
     n_val = min(len(recs) - 1, max(1, round(val_fraction * len(recs))))
@@ -93,6 +95,15 @@ def split_by_video(
     train = [r for i, r in enumerate(recs) if i not in val_idx]
     val = [r for i, r in enumerate(recs) if i in val_idx]
     return train, val
+
+
+def load_recordings(cfg) -> list[Recording]:
+    """Read and harmonise `data.path` without splitting (cross-validation splits it once per fold)."""
+    d = cfg.data
+    if d.val_path or cfg.val_data_dir:
+        raise DataError("cross-validation (data.fold=-1) splits data.path into folds itself; unset data.val_path")
+    path = "" if d.format == "synthetic" else d.path or cfg.train_data_dir
+    return harmonise(read_recordings(d.format, path, data=d, fps=cfg.fps), skeleton=d.skeleton, units=d.units)
 
 
 def load_splits(cfg) -> tuple[list[Recording], list[Recording]]:
@@ -107,28 +118,44 @@ def load_splits(cfg) -> tuple[list[Recording], list[Recording]]:
         val = read_recordings(d.format, val_path, data=d, fps=cfg.fps)
         both = harmonise(recs + val, skeleton=d.skeleton, units=d.units)  # one layout for both sides
         return both[: len(recs)], both[len(recs):]
-    recs = harmonise(recs, skeleton=d.skeleton, units=d.units)
+    return split_recordings(harmonise(recs, skeleton=d.skeleton, units=d.units), cfg)
+
+
+def split_recordings(recs: list[Recording], cfg, *, fold: int | None = None) -> tuple[list[Recording], list[Recording]]:
+    """(train, val) of already read recordings by `data.split`; `fold` overrides data.fold (cross-validation)."""
+    d = cfg.data if fold is None else dataclasses.replace(cfg.data, fold=fold)
     splitter = SPLITTERS.get(d.split)
     if splitter is None:
         raise DataError(f"config key 'data.split': unknown split '{d.split}'")
-    return splitter(recs, d)
+    if d.fold == -1:
+        raise DataError("data.fold=-1 trains every fold: run it with trainer/run.py or tune.py "
+                        "(trainer.cv.cross_validate), not as one train() call")
+    return splitter(recs, d, cfg=cfg)
 
 
-def _split_by_video(recs, d):
+def _split_by_video(recs, d, cfg=None):
     return split_by_video(recs, val_fraction=d.val_fraction, seed=d.split_seed)
 
 
-def _split_by_lab(recs, d):
+def _split_by_lab(recs, d, cfg=None):
     from trainer.data.splits import split_by_lab
 
     return split_by_lab(recs, d)
 
 
-def _split_kfold(recs, d):
+def _split_kfold(recs, d, cfg=None):
     from trainer.data.splits import split_kfold
 
     return split_kfold(recs, d)
 
 
-# split name -> fn(recs, data_cfg) -> (train, val)
-SPLITTERS: dict[str, Callable] = {"by_video": _split_by_video, "by_lab": _split_by_lab, "kfold": _split_kfold}
+def _split_by_time(recs, d, cfg=None):
+    from trainer.data.splits import split_by_time, time_gap_frames
+
+    return split_by_time(recs, d, gap_frames=None if cfg is None else lambda r: time_gap_frames(cfg, r.fps))
+
+
+# split name -> fn(recs, data_cfg, cfg=None) -> (train, val); cfg (the whole Config) when the split
+# depends on the window (by_time's gap)
+SPLITTERS: dict[str, Callable] = {"by_video": _split_by_video, "by_lab": _split_by_lab, "kfold": _split_kfold,
+                                  "by_time": _split_by_time}
