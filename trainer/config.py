@@ -98,7 +98,7 @@ class Config:
     include_temporal_stats: bool = True  # seed key: drop "temporal_stats" from features when false
     temporal_windows: list = field(default_factory=lambda: [0.25, 1.0])  # rolling-statistic windows, seconds
     # --- model ---
-    model_type: str = "conv_bilstm"  # conv_bilstm | transformer | per_frame_mlp (trainer.models.MODELS)
+    model_type: str = "conv_bilstm"  # conv_bilstm | transformer | tcn_bigru | per_frame_mlp (trainer.models.MODELS)
     input_dim: int = 0  # seed key: raw coordinate count (2 mice x bodyparts x 2); 0 = not checked
     num_classes: int = 0  # 0 = from the data; else must equal the data's class count
     hidden_dim: int = 128  # transformer width / MLP width
@@ -134,6 +134,7 @@ class Config:
     noise_std: float = 0.01  # Gaussian noise added to standardised features
     temporal_jitter: int = 2  # random shift of window starts, +- frames
     mixup_alpha: float = 0.0  # mixup Beta(alpha, alpha) between windows; 0 = off
+    mirror_pairs: bool = False  # also train on the (target, agent) view of each pair: only for symmetric, pair-level labels
     # --- checkpoints ---
     checkpoint_dir: str = "checkpoints"  # inside the run directory
     save_freq: int = 5  # also keep checkpoints/epoch_NNNN every save_freq epochs; 0 = only last/best

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Sampler
 from trainer import checkpoint as ckpt_io
 from trainer.config import Config, ConfigError, config_to_yaml, flat_dict, load_yaml, make_config
 from trainer.data import load_splits
-from trainer.data.recording import DataError
+from trainer.data.recording import DataError, mirror_pairs
 from trainer.data.windows import WindowDataset, make_sequences
 from trainer.engine import NonFiniteLossError, evaluate, train_one_epoch
 from trainer.features import FeaturePipeline, raw_coordinate_count
@@ -48,7 +48,7 @@ from trainer.models import build_model, count_parameters
 log = logging.getLogger("trainer")
 
 USER_ERRORS = (ConfigError, DataError, NonFiniteLossError)
-LSTM_MODELS = {"conv_bilstm"}
+LSTM_MODELS = {"conv_bilstm", "tcn_bigru"}  # recurrent layers: bf16 only on CPUs with native bf16
 
 
 # ============================================================================ setup helpers
@@ -161,6 +161,8 @@ def window_length(cfg: Config, fps: float) -> int:
 def prepare_data(cfg: Config, recordings=None) -> Data:
     """Read/split recordings, fit features on train only, build train/val window datasets."""
     train_recs, val_recs = recordings if recordings is not None else load_splits(cfg)
+    if cfg.mirror_pairs:
+        train_recs = [mirror_pairs(r) for r in train_recs]
     if not train_recs or not val_recs:
         raise DataError("empty data: need at least one training and one validation video")
     class_names = list(train_recs[0].class_names)
