@@ -123,6 +123,7 @@ class Config:
     scheduler_patience: int = 5  # plateau: epochs without val macro-F1 gain before lowering lr
     scheduler_factor: float = 0.5  # plateau: lr multiplier
     min_lr: float = 1e-6  # floor of cosine / plateau
+    ema_decay: float = 0.0  # average of the weights (per step) used for validation and predict; 0 = off, e.g. 0.999
     early_stopping_patience: int = 0  # epochs without val macro-F1 gain before stopping; 0 = off
     # --- loss ---
     loss: str = "cross_entropy"  # cross_entropy | focal

@@ -42,6 +42,7 @@ from trainer.data import load_splits, read_recordings
 from trainer.data.recording import UNLABELLED, DataError, Recording
 from trainer.data.skeleton import conform
 from trainer.data.windows import WindowDataset, make_sequences
+from trainer.ema import FILE as EMA_FILE
 from trainer.engine import predict_logits
 from trainer.features import FeaturePipeline
 from trainer.models import build_model
@@ -69,7 +70,8 @@ class Predictor:
         meta = ckpt_io.read_meta(ck)
         cfg = make_config(base=meta["config"])
         model = build_model(cfg, input_dim=meta["input_dim"], num_classes=meta["num_classes"])
-        model.load_state_dict(load_file(str(ck / ckpt_io.WEIGHTS)))
+        ema = ck / EMA_FILE  # the averaged weights, when the run kept them (ema_decay > 0)
+        model.load_state_dict(load_file(str(ema if ema.is_file() else ck / ckpt_io.WEIGHTS)))
         return cls(model, cfg, FeaturePipeline.from_state(meta["features"]), meta["class_names"],
                    meta["window_length"], ck)
 

@@ -16,6 +16,7 @@ if __package__ in (None, ""):  # run as a script (python/accelerate launch train
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
@@ -41,6 +42,8 @@ from trainer.config import Config, ConfigError, config_to_yaml, flat_dict, load_
 from trainer.data import load_splits
 from trainer.data.recording import DataError, mirror_pairs
 from trainer.data.windows import WindowDataset, make_sequences
+from trainer.ema import FILE as EMA_FILE
+from trainer.ema import WeightEMA
 from trainer.engine import NonFiniteLossError, evaluate, train_one_epoch
 from trainer.features import FeaturePipeline, raw_coordinate_count
 from trainer.models import build_model, count_parameters
@@ -360,7 +363,7 @@ def resolve_run(cfg: Config) -> tuple[Path, Path | None]:
 
 
 def save_checkpoint(accelerator, run_dir: Path, cfg: Config, epoch: int, state: dict, meta: dict,
-                    improved: bool) -> Path:
+                    improved: bool, ema=None) -> Path:
     """Write checkpoints/last atomically; copy it to best/ (if improved) and epoch_NNNN/ (save_freq)."""
     root = run_dir / cfg.checkpoint_dir
     tmp = root / ".tmp-last"
@@ -375,6 +378,8 @@ def save_checkpoint(accelerator, run_dir: Path, cfg: Config, epoch: int, state: 
     if accelerator.is_main_process:
         ckpt_io.write_json(tmp / ckpt_io.META, meta)
         ckpt_io.write_json(tmp / ckpt_io.STATE, state)
+        if ema is not None:
+            ema.save(tmp)  # the averaged weights predict/evaluate use; model.safetensors stays the raw ones
         ckpt_io.publish(tmp, last)
         if improved:
             ckpt_io.copy_checkpoint(last, root / "best")
@@ -426,6 +431,7 @@ def train(
     for s in (step_sched, plateau):
         if s is not None:
             accelerator.register_for_checkpointing(s)
+    ema = WeightEMA(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     weights = torch.tensor(cfg.class_weights or [1.0] * C, dtype=torch.float32, device=accelerator.device)
     loss_kwargs = {
@@ -447,6 +453,8 @@ def train(
              "best_scores": None, "finished": False, "wall_time_s": 0.0}
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
+        if ema is not None and (resume_from / EMA_FILE).is_file():
+            ema.load(resume_from)
         state = ckpt_io.read_state(resume_from)
         log.info("resuming %s from %s (epoch %d done)", run_dir, resume_from, state["epoch"])
 
@@ -473,9 +481,11 @@ def train(
                 model, train_loader, optimizer, accelerator, epoch=epoch, loss_kwargs=loss_kwargs,
                 grad_clip=cfg.grad_clip, step_scheduler=step_sched, mixup_alpha=cfg.mixup_alpha if cfg.use_augmentation else 0.0,
                 log_every=cfg.log_every, global_step=state["global_step"], seed=cfg.seed, total_epochs=cfg.epochs,
+                ema=ema,
             )
-            ev = evaluate(model, val_loader, accelerator, data.val_seqs, class_names=data.class_names,
-                          background=data.background, gap=cfg.frame_gap, length=data.length)
+            with ema.applied(accelerator.unwrap_model(model)) if ema is not None else contextlib.nullcontext():
+                ev = evaluate(model, val_loader, accelerator, data.val_seqs, class_names=data.class_names,
+                              background=data.background, gap=cfg.frame_gap, length=data.length)
             score = ev["macro_f1"]
             if plateau is not None and (step_sched is None or step_sched.n >= step_sched.steps):
                 plateau.step(score)
@@ -489,7 +499,7 @@ def train(
             state["finished"] = stop or epoch == cfg.epochs
             row = epoch_row(epoch, tr, ev, optimizer, accelerator, data.class_names)
             state.setdefault("history", []).append(row)
-            last = save_checkpoint(accelerator, run_dir, cfg, epoch, state, meta, improved)
+            last = save_checkpoint(accelerator, run_dir, cfg, epoch, state, meta, improved, ema)
             if main_proc:
                 log_epoch(accelerator, writer, run_dir, row, ev, data.class_names)
                 if on_checkpoint is not None:
