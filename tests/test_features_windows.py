@@ -121,3 +121,16 @@ def test_persistent_workers_see_each_epoch():
     in_process, workers = epochs(0), epochs(2)
     assert not torch.equal(in_process[0], in_process[1])
     assert all(torch.equal(a, b) for a, b in zip(in_process, workers))
+
+
+def test_mirror_pairs_adds_swapped_view_with_same_labels():
+    from trainer.data.recording import Recording, mirror_pairs
+
+    kp = np.random.default_rng(0).normal(size=(6, 3, 2, 2)).astype(np.float32)
+    rec = Recording("v", kp, 30.0, ["a", "b", "c"], ["n", "t"], [(0, 1), (1, 0), (2, 2)],
+                    np.array([[1, 2, 0]] * 6), ["other", "x", "y"])
+    assert mirror_pairs(rec).pairs == rec.pairs  # (0,1)/(1,0) both labelled, self pair skipped
+    rec2 = Recording("v", kp, 30.0, ["a", "b", "c"], ["n", "t"], [(0, 1), (2, 2)], np.array([[1, 0]] * 6), ["other", "x"])
+    out = mirror_pairs(rec2)
+    assert out.pairs == [(0, 1), (2, 2), (1, 0)]
+    assert (out.labels[:, 2] == out.labels[:, 0]).all()

@@ -120,3 +120,17 @@ def test_approach_speed_sign():
     i = PAIR_GEOMETRY_NAMES.index("approach_speed")
     assert np.allclose(g[:, i], 15.0)  # 0.5 px/frame x 30 fps, closing in
     assert np.allclose(g[:, PAIR_GEOMETRY_NAMES.index("target_speed_to_agent")], 15.0)
+
+
+def test_features_find_parts_through_aliases():
+    """A rat DLC skeleton (top, body, tail, tail-m, tail-e): the head is `top`, the tail base `tail`."""
+    import numpy as np
+
+    from trainer.features import PairPose
+
+    bps = ["top", "body", "tail", "tail-m", "tail-e"]
+    pose = PairPose(xy=np.zeros((2, 2, 5, 2)), missing=np.zeros((2, 2, 5), bool), fps=30.0, bodyparts=bps)
+    assert pose.part("neck", "head", "nose") == 0
+    assert pose.part("nose", "neck") == 0
+    assert pose.part("tail_base", "tailbase") == 2
+    assert pose.part("ear_left") == 2  # absent: the middle part, as before

@@ -101,7 +101,7 @@ class Config:
     temporal_windows: list = field(default_factory=lambda: [0.25, 1.0])  # rolling-statistic windows, seconds
     rolling_windows: list = field(default_factory=lambda: [1 / 6, 0.5, 1.5, 4.5, 13.5])  # rolling_stats windows, seconds (5/15/45/135/405 frames at 30 fps)
     # --- model ---
-    model_type: str = "conv_bilstm"  # conv_bilstm | transformer | per_frame_mlp | gbdt (trainer.models.MODELS)
+    model_type: str = "conv_bilstm"  # conv_bilstm | transformer | tcn_bigru | per_frame_mlp | gbdt (trainer.models.MODELS)
     input_dim: int = 0  # seed key: raw coordinate count (2 mice x bodyparts x 2); 0 = not checked
     num_classes: int = 0  # 0 = from the data; else must equal the data's class count
     hidden_dim: int = 128  # transformer width / MLP width
@@ -126,6 +126,7 @@ class Config:
     scheduler_patience: int = 5  # plateau: epochs without val macro-F1 gain before lowering lr
     scheduler_factor: float = 0.5  # plateau: lr multiplier
     min_lr: float = 1e-6  # floor of cosine / plateau
+    ema_decay: float = 0.0  # average of the weights (per step) used for validation and predict; 0 = off, e.g. 0.999
     early_stopping_patience: int = 0  # epochs without val macro-F1 gain before stopping; 0 = off
     # --- gbdt (model_type=gbdt: per-frame HistGradientBoosting, trainer/gbdt.py) ---
     gbdt_max_iter: int = 300  # boosting iterations (one tree per class each); early stopping may end sooner
@@ -150,6 +151,7 @@ class Config:
     noise_std: float = 0.01  # Gaussian noise added to standardised features
     temporal_jitter: int = 2  # random shift of window starts, +- frames
     mixup_alpha: float = 0.0  # mixup Beta(alpha, alpha) between windows; 0 = off
+    mirror_pairs: bool = False  # also train on the (target, agent) view of each pair: only for symmetric, pair-level labels
     # --- checkpoints ---
     checkpoint_dir: str = "checkpoints"  # inside the run directory
     save_freq: int = 5  # also keep checkpoints/epoch_NNNN every save_freq epochs; 0 = only last/best

@@ -115,8 +115,11 @@ def train_one_epoch(
     global_step: int = 0,
     seed: int = 0,
     total_epochs: int | None = None,
+    ema=None,
 ) -> dict:
     """One pass over `loader`. Returns {"train_loss", "steps", "samples", "time_s", "global_step"}.
+
+    ema: optional trainer.ema.WeightEMA, updated after every optimizer step.
 
     step_scheduler: a per-optimizer-step LR scheduler (cosine/onecycle/warm-up) or None.
     The loss is checked for NaN/inf every `log_every` steps (one sync) and at the end.
@@ -145,6 +148,8 @@ def train_one_epoch(
                 global_step += 1
                 if step_scheduler is not None:
                     step_scheduler.step()
+                if ema is not None:
+                    ema.update(accelerator.unwrap_model(model))
         total += loss.detach()
         window += loss.detach()
         n_batches += 1

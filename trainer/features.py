@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.data.recording import DataError, Recording
+from trainer.data.skeleton import ALIASES, find_part, norm_part
 from trainer.features_pairwise import egocentric_pair, pair_geometry
 from trainer.features_rolling import rolling_stats
 
@@ -41,10 +42,16 @@ class PairPose:
     bodyparts: list[str]
 
     def part(self, *names: str) -> int:
-        """Index of the first body part found among `names` (falls back to the centre part)."""
+        """Index of the first body part found among `names` or their skeleton aliases.
+
+        Names are canonical parts (trainer/data/skeleton.py ALIASES), so a DLC project's
+        `top`/`body`/`tail` or a lab's `snout`/`tailbase` are found too; a part the skeleton
+        lacks falls through to the next name, and finally to the middle body part.
+        """
         for n in names:
-            if n in self.bodyparts:
-                return self.bodyparts.index(n)
+            i = find_part(self.bodyparts, [norm_part(n), *ALIASES.get(n, [])])
+            if i is not None:
+                return i
         return len(self.bodyparts) // 2
 
     @property
@@ -94,7 +101,7 @@ def _heading(pose: PairPose) -> np.ndarray:
 
 def _head_yaw(pose: PairPose) -> np.ndarray:
     """(T, 2) angle between head (neck -> nose) and body (tail base -> neck) direction."""
-    nose = pose.xy[:, :, pose.part("nose")]
+    nose = pose.xy[:, :, pose.part("nose", "neck")]
     neck = pose.xy[:, :, pose.part("neck", "head")]
     head = np.arctan2(*(nose - neck).transpose(2, 0, 1)[::-1])
     return _wrap(head - _heading(pose))
@@ -196,8 +203,8 @@ def temporal_stats(*, pose: PairPose, fps, params, stats) -> np.ndarray:
     """
     c = pose.centroid
     sp = np.linalg.norm(np.gradient(c, axis=0), axis=-1) * fps  # (T, 2)
-    nose = pose.xy[:, 0, pose.part("nose")]
-    tgt_nose = pose.xy[:, 1, pose.part("nose")]
+    nose = pose.xy[:, 0, pose.part("nose", "neck")]
+    tgt_nose = pose.xy[:, 1, pose.part("nose", "neck")]
     tgt_tail = pose.xy[:, 1, pose.part("tail_base", "tailbase")]
     h = _heading(pose)
     sig = np.column_stack(

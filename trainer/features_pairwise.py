@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from trainer.data.skeleton import ALIASES, find_part, norm_part
+
 # --------------------------------------------------------------------------- array helpers
 
 
@@ -64,10 +66,11 @@ def scale_coordinates(xy: np.ndarray, *, pix_per_cm: float | None) -> np.ndarray
 
 
 def _point(pose, mouse: int, *names: str) -> np.ndarray:
-    """(T, 2) the first of `names` tracked for `mouse` (0 agent, 1 target), else its mean position."""
+    """(T, 2) the first of `names` (or a skeleton alias) tracked for `mouse` (0 agent, 1 target), else its mean position."""
     for n in names:
-        if n in pose.bodyparts:
-            return pose.xy[:, mouse, pose.bodyparts.index(n)]
+        i = find_part(pose.bodyparts, [norm_part(n), *ALIASES.get(n, [])])
+        if i is not None:
+            return pose.xy[:, mouse, i]
     return pose.xy[:, mouse].mean(axis=1)
 
 
@@ -117,7 +120,7 @@ def pair_geometry(*, pose, fps, params, stats) -> np.ndarray:
     """
     ca, ha = _axis(pose, 0)
     ct, ht = _axis(pose, 1)
-    nose_a, nose_t = _point(pose, 0, "nose"), _point(pose, 1, "nose")
+    nose_a, nose_t = _point(pose, 0, "nose", "neck"), _point(pose, 1, "nose", "neck")
     tail_a, tail_t = _point(pose, 0, "tail_base", "tailbase"), _point(pose, 1, "tail_base", "tailbase")
     ego_t = egocentric(ct[:, None], origin=ca, heading=ha)[:, 0]  # (T, 2)
     d = ct - ca

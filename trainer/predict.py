@@ -44,6 +44,7 @@ from trainer.data.calms21 import npy_consent
 from trainer.data.recording import UNLABELLED, DataError, Recording
 from trainer.data.skeleton import conform
 from trainer.data.windows import WindowDataset, make_sequences
+from trainer.ema import FILE as EMA_FILE
 from trainer.engine import predict_logits
 from trainer.features import FeaturePipeline
 from trainer.models import build_model
@@ -73,16 +74,18 @@ class Predictor:
         meta = ckpt_io.read_meta(ck)
         cfg = make_config(base=meta["config"])
         model = build_model(cfg, input_dim=meta["input_dim"], num_classes=meta["num_classes"])
+        # the averaged weights when the run kept them (ema_decay > 0), else the trained ones
+        wfile = ck / EMA_FILE if (ck / EMA_FILE).is_file() else ck / ckpt_io.WEIGHTS
         try:
-            weights = load_file(str(ck / ckpt_io.WEIGHTS))
+            weights = load_file(str(wfile))
         except (OSError, SafetensorError) as e:
-            raise ckpt_io.CheckpointError(f"{ck / ckpt_io.WEIGHTS} is damaged ({str(e)[:80]})"
+            raise ckpt_io.CheckpointError(f"{wfile} is damaged ({str(e)[:80]})"
                                           f"{ckpt_io.fallback_hint(ck)}") from None
-        ckpt_io.check_finite(weights, ck / ckpt_io.WEIGHTS)
+        ckpt_io.check_finite(weights, wfile)
         try:
             model.load_state_dict(weights)
         except RuntimeError as e:
-            raise ckpt_io.CheckpointError(f"{ck / ckpt_io.WEIGHTS} does not fit the model its meta.json describes "
+            raise ckpt_io.CheckpointError(f"{wfile} does not fit the model its meta.json describes "
                                           f"({str(e).splitlines()[0][:100]}){ckpt_io.fallback_hint(ck)}") from None
         return cls(model, cfg, FeaturePipeline.from_state(meta["features"]), meta["class_names"],
                    meta["window_length"], ck)

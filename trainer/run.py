@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as a script (python/accelerate launch train
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
@@ -44,8 +45,10 @@ from trainer import rundir
 from trainer.config import Config, ConfigError, config_to_yaml, flat_dict, load_yaml, make_config
 from trainer.data import load_splits
 from trainer.data.calms21 import npy_consent
-from trainer.data.recording import DataError
+from trainer.data.recording import DataError, mirror_pairs
 from trainer.data.windows import WindowDataset, make_sequences
+from trainer.ema import FILE as EMA_FILE
+from trainer.ema import WeightEMA
 from trainer.engine import NonFiniteLossError, evaluate, train_one_epoch
 from trainer.features import FeaturePipeline, raw_coordinate_count
 from trainer.models import build_model, count_parameters, model_trainer
@@ -53,7 +56,7 @@ from trainer.models import build_model, count_parameters, model_trainer
 log = logging.getLogger("trainer")
 
 USER_ERRORS = (ConfigError, DataError, NonFiniteLossError)
-LSTM_MODELS = {"conv_bilstm"}
+LSTM_MODELS = {"conv_bilstm", "tcn_bigru"}  # recurrent layers: bf16 only on CPUs with native bf16
 
 
 # ============================================================================ setup helpers
@@ -182,6 +185,8 @@ def window_fps(cfg: Config, recs) -> float:
 def prepare_data(cfg: Config, recordings=None) -> Data:
     """Read/split recordings, fit features on train only, build train/val window datasets."""
     train_recs, val_recs = recordings if recordings is not None else load_splits(cfg)
+    if cfg.mirror_pairs:
+        train_recs = [mirror_pairs(r) for r in train_recs]
     if not train_recs or not val_recs:
         raise DataError("empty data: need at least one training and one validation video")
     class_names = list(train_recs[0].class_names)
@@ -418,10 +423,11 @@ def resolve_run(cfg: Config) -> tuple[Path, Path | None]:
 
 
 def save_checkpoint(accelerator, run_dir: Path, cfg: Config, epoch: int, state: dict, meta: dict,
-                    improved: bool, model, optimizer, objects: dict) -> Path:
+                    improved: bool, model, optimizer, objects: dict, ema=None) -> Path:
     """Write checkpoints/last atomically; copy it to best/ (if improved) and epoch_NNNN/ (save_freq).
 
     objects: {name: scheduler/scaler} whose state_dict() goes into the checkpoint as JSON.
+    ema: optional WeightEMA, written as ema.safetensors (what predict/evaluate then use).
     """
     root = run_dir / cfg.checkpoint_dir
     tmp = root / ".tmp-last"
@@ -436,6 +442,8 @@ def save_checkpoint(accelerator, run_dir: Path, cfg: Config, epoch: int, state: 
             ckpt_io.save_training(tmp, accelerator.unwrap_model(model), optimizer, objects)
             ckpt_io.write_json(tmp / ckpt_io.META, meta)
             ckpt_io.write_json(tmp / ckpt_io.STATE, state)
+            if ema is not None:
+                ema.save(tmp)  # the averaged weights predict/evaluate use; model.safetensors stays the raw ones
             ckpt_io.write_manifest(tmp)
             ckpt_io.publish(tmp, last)
         except (OSError, SafetensorError) as e:  # disk full / read-only: the previous `last` is untouched
@@ -527,6 +535,7 @@ def _train(cfg, accelerator, precision, run_dir, resume_from, t_start, recording
     # stored as JSON in the checkpoint (never Accelerate's pickled custom objects)
     objects = {k: v for k, v in {"step_scheduler": step_sched, "plateau": plateau,
                                  "grad_scaler": accelerator.scaler}.items() if v is not None}
+    ema = WeightEMA(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     weights = torch.tensor(cfg.class_weights or [1.0] * C, dtype=torch.float32, device=accelerator.device)
     loss_kwargs = {
@@ -547,6 +556,8 @@ def _train(cfg, accelerator, precision, run_dir, resume_from, t_start, recording
     state = {"epoch": 0, "global_step": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0,
              "best_scores": None, "finished": False, "early_stopped": False, "wall_time_s": 0.0}
     if resume_from is not None:
+        if ema is not None and (resume_from / EMA_FILE).is_file():
+            ema.load(resume_from)
         state = ckpt_io.read_state(resume_from)
         ckpt_io.load_training(resume_from, accelerator.unwrap_model(model), optimizer, objects)
         log.info("resuming %s from %s (epoch %d done)", run_dir, resume_from, state["epoch"])
@@ -579,9 +590,11 @@ def _train(cfg, accelerator, precision, run_dir, resume_from, t_start, recording
                 model, train_loader, optimizer, accelerator, epoch=epoch, loss_kwargs=loss_kwargs,
                 grad_clip=cfg.grad_clip, step_scheduler=step_sched, mixup_alpha=cfg.mixup_alpha if cfg.use_augmentation else 0.0,
                 log_every=cfg.log_every, global_step=state["global_step"], seed=cfg.seed, total_epochs=cfg.epochs,
+                ema=ema,
             )
-            ev = evaluate(model, val_loader, accelerator, data.val_seqs, class_names=data.class_names,
-                          background=data.background, gap=cfg.frame_gap, length=data.length)
+            with ema.applied(accelerator.unwrap_model(model)) if ema is not None else contextlib.nullcontext():
+                ev = evaluate(model, val_loader, accelerator, data.val_seqs, class_names=data.class_names,
+                              background=data.background, gap=cfg.frame_gap, length=data.length)
             score = ev["macro_f1"]
             if plateau is not None and (step_sched is None or step_sched.n >= step_sched.steps):
                 plateau.step(score)
@@ -596,7 +609,7 @@ def _train(cfg, accelerator, precision, run_dir, resume_from, t_start, recording
             row = epoch_row(epoch, tr, ev, optimizer, accelerator, data.class_names)
             state.setdefault("history", []).append(row)
             last = save_checkpoint(accelerator, run_dir, cfg, epoch, state, meta, improved, model, optimizer,
-                                   objects)
+                                   objects, ema)
             if main_proc:
                 log_epoch(accelerator, writer, run_dir, row, ev, data.class_names, best=state["best_score"])
                 if on_checkpoint is not None:

@@ -97,3 +97,22 @@ class Recording:
         """Human-readable "agent->target" name of label column `p`."""
         a, t = self.pairs[p]
         return f"{self.mouse_ids[a]}->{self.mouse_ids[t]}"
+
+
+def mirror_pairs(rec: Recording) -> Recording:
+    """`rec` plus the (target, agent) view of every labelled pair that lacks one, same labels.
+
+    A training augmentation for behaviours that belong to the pair rather than to one animal
+    (e.g. rat46's social / nonsocial / aggression states): the features of the swapped view
+    differ (agent-centred quantities move to the other animal), the label does not. Wrong for
+    directed behaviours (attack, mount by the agent), hence opt-in (`mirror_pairs`).
+    """
+    have = set(rec.pairs)
+    extra = [p for p, (a, t) in enumerate(rec.pairs) if a != t and (t, a) not in have]
+    if not extra or rec.labels is None:
+        return rec
+    pairs = rec.pairs + [(rec.pairs[p][1], rec.pairs[p][0]) for p in extra]
+    labels = np.concatenate([rec.labels, rec.labels[:, extra]], axis=1)
+    mask = None if rec.label_mask is None else np.concatenate([rec.label_mask, rec.label_mask[extra]], axis=0)
+    return Recording(rec.video_id, rec.keypoints, rec.fps, list(rec.mouse_ids), list(rec.bodyparts), pairs, labels,
+                     list(rec.class_names), dict(rec.meta), mask)

@@ -42,7 +42,7 @@ ALIASES: dict[str, list[str]] = {
     "nose": ["nose", "snout", "nosetip"],
     "ear_left": ["earleft", "leftear", "earl", "lear"],
     "ear_right": ["earright", "rightear", "earr", "rear"],
-    "neck": ["neck", "head", "headcenter", "headcentre", "headcentroid", "neckbase"],
+    "neck": ["neck", "head", "headcenter", "headcentre", "headcentroid", "neckbase", "top", "headtop", "tophead"],
     "body_center": ["bodycenter", "bodycentre", "center", "centre", "centroid", "midbody", "body", "spinemid",
                     "spine2", "mid", "back"],
     "hip_left": ["hipleft", "lefthip", "hipl", "lhip"],
@@ -53,12 +53,14 @@ FLANKS = {"hip_left": ["lateralleft", "leftlateral", "flankleft", "leftflank", "
           "hip_right": ["lateralright", "rightlateral", "flankright", "rightflank", "sideright", "rightside"]}
 
 
-def _norm(name: str) -> str:
+def norm_part(name: str) -> str:
+    """Body-part name as matched against ALIASES: lower case, non-alphanumerics removed."""
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
-def _find(bodyparts: list[str], aliases: list[str]) -> int | None:
-    normed = [_norm(b) for b in bodyparts]
+def find_part(bodyparts: list[str], aliases: list[str]) -> int | None:
+    """Index of the first of `aliases` (normalised names) among `bodyparts`, or None."""
+    normed = [norm_part(b) for b in bodyparts]
     for a in aliases:
         if a in normed:
             return normed.index(a)
@@ -100,7 +102,7 @@ def canonical_keypoints(
                 raise DataError(f"skeleton mapping: '{mapping[name]}' (for {name}) is not a body part of {bodyparts}")
             i = bodyparts.index(mapping[name])
         else:
-            i = _find(bodyparts, ALIASES[name])
+            i = find_part(bodyparts, ALIASES[name])
         parts[name] = kp[:, :, i] if i is not None else nan
         source[name] = bodyparts[i] if i is not None else "missing"
 
@@ -121,7 +123,7 @@ def canonical_keypoints(
     for ear in ("ear_left", "ear_right"):
         fallback(ear, parts["neck"], "neck")
     for hip in ("hip_left", "hip_right"):
-        i = _find(bodyparts, FLANKS[hip])
+        i = find_part(bodyparts, FLANKS[hip])
         if i is not None:
             fallback(hip, kp[:, :, i], bodyparts[i])
         fallback(hip, _mid(parts["body_center"], parts["tail_base"]), "mid(body_center, tail_base)")

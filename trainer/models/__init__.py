@@ -15,12 +15,14 @@ from torch import nn
 from trainer.models.conv_bilstm import ConvBiLSTM
 from trainer.models.gbdt import GBDTModel
 from trainer.models.per_frame_mlp import PerFrameMLP
+from trainer.models.tcn_bigru import TCNBiGRU
 from trainer.models.transformer import TransformerTagger
 
 MODELS: dict[str, type[nn.Module]] = {
     "conv_bilstm": ConvBiLSTM,
     "transformer": TransformerTagger,
     "per_frame_mlp": PerFrameMLP,  # baseline without temporal context
+    "tcn_bigru": TCNBiGRU,  # dilated temporal convolutions + BiGRU: long context on real data
     "gbdt": GBDTModel,  # per-frame gradient-boosted trees (context via rolling_stats features)
 }
 
