@@ -201,3 +201,29 @@ def test_cross_validation_under_several_processes_is_refused_in_one_line(tiny, c
     monkeypatch.setenv("WORLD_SIZE", "2")  # what `accelerate launch --num_processes 2` sets
     assert run_main([*tiny, *KFOLD]) == 2
     assert "runs in one process" in caplog.text
+
+
+def test_a_cross_validation_run_predicts_as_the_mean_of_its_fold_models(tiny, tmp_path, caplog):
+    """--checkpoint <cv run> is an Ensemble of the fold models; --checkpoint twice averages two models."""
+    from trainer.predict import Ensemble, Predictor, load_models
+    from trainer.predict import main as predict_main
+
+    assert run_main([*tiny, *KFOLD, "name=cv"]) == 0
+    run = tmp_path / "runs" / "cv"
+    ens = load_models([str(run)])
+    assert isinstance(ens, Ensemble) and len(ens.members) == 2
+    from trainer.data import load_splits
+
+    _, recs = load_splits(make_config(None, tiny))
+    parts = [m.probabilities(recs) for m in ens.members]
+    mean = ens.probabilities(recs)
+    for i in range(len(recs)):
+        assert np.allclose(mean[i][0], (parts[0][i][0] + parts[1][i][0]) / 2, atol=1e-6)
+        assert np.allclose(mean[i][0].sum(axis=1), 1.0, atol=1e-5)
+    weighted = load_models([str(run / "fold_0"), str(run / "fold_1")], [3.0, 1.0])
+    w = weighted.probabilities(recs)
+    assert np.allclose(w[0][0], 0.75 * parts[0][0][0] + 0.25 * parts[1][0][0], atol=1e-6)
+    assert isinstance(Predictor.load(run / "fold_0"), Predictor)
+    # an ensemble has no "validation videos of its own": predicting them is refused in one line
+    assert predict_main(["--checkpoint", str(run), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "--input" in caplog.text

@@ -43,7 +43,14 @@ from trainer.postprocess import (
     mabe_submission,
     search_mabe_settings,
 )
-from trainer.predict import Predictor, add_postprocess_args, select_recordings, settings_from_args
+from trainer.predict import (
+    Ensemble,
+    Predictor,
+    add_postprocess_args,
+    load_models,
+    select_recordings,
+    settings_from_args,
+)
 from trainer.rundir import one_line_errors
 
 log = logging.getLogger("trainer.evaluate")
@@ -83,7 +90,7 @@ def fit_mabe(recs, probs, pred: Predictor, settings: PostprocessSettings) -> Pos
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path | Predictor,
+    checkpoint: str | Path | Predictor | Ensemble,
     *,
     data: str | None = None,
     fmt: str | None = None,
@@ -98,7 +105,7 @@ def evaluate_checkpoint(
     every frame score. Returns {"raw": scores, "postprocessed": scores or None,
     "settings": dict, "videos": n, ...} where scores = {"frames": frame_scores dict, "mabe": mabe_score_details dict (mabe25)}.
     """
-    pred = checkpoint if isinstance(checkpoint, Predictor) else Predictor.load(checkpoint)
+    pred = checkpoint if isinstance(checkpoint, Predictor | Ensemble) else Predictor.load(checkpoint)
     args = argparse.Namespace(input=data, format=fmt, split=split)
     recs = select_recordings(pred, args)
     missing = [r.video_id for r in recs if r.labels is None]
@@ -166,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir (runs/<name>/checkpoints/best) or run dir")
+    p.add_argument("--checkpoint", required=True, action="append",
+                   help="checkpoint dir (runs/<name>/checkpoints/best), run dir or cross-validation run dir; "
+                        "repeat to average several models")
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per --checkpoint (default: equal)")
     p.add_argument("--data", help="annotated tracking file/dir (default: the run's own validation videos)")
     p.add_argument("--format", help="reader for --data (default: the run's data.format)")
     p.add_argument("--split", choices=["val", "train", "all"], default="val", help="without --data: which videos")
@@ -179,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         with npy_consent(args.format == "calms21"):  # .npy pickles only if typed here
-            pred = Predictor.load(args.checkpoint)
+            pred = load_models(args.checkpoint, args.weights)
             settings = settings_from_args(pred, args)
             result = evaluate_checkpoint(pred, data=args.data, fmt=args.format, split=args.split,
                                          settings=settings, fit=args.fit_postprocess, batch_size=args.batch_size)

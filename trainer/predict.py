@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from trainer import checkpoint as ckpt_io
 from trainer.config import Config, ConfigError, make_config
+from trainer.cv import PLAN as CV_PLAN
 from trainer.data import load_splits, read_recordings
 from trainer.data.calms21 import npy_consent
 from trainer.data.recording import UNLABELLED, DataError, Recording
@@ -66,7 +67,10 @@ class Predictor:
     checkpoint: Path
 
     @classmethod
-    def load(cls, path: str | Path) -> Predictor:
+    def load(cls, path: str | Path) -> Predictor | Ensemble:
+        """A checkpoint (or run dir) -> Predictor; a cross-validation run dir -> Ensemble of its folds."""
+        if (Path(path) / CV_PLAN).is_file():
+            return Ensemble.of_cv_run(path)
         ck = ckpt_io.resolve(path)
         if ck is None:
             raise ConfigError(f"--checkpoint: no complete checkpoint at '{path}' (expected runs/<name>/checkpoints/best)")
@@ -147,6 +151,85 @@ class Predictor:
         return out
 
 
+class Ensemble:
+    """Several predictors of the same classes and skeleton; probabilities are their weighted mean.
+
+    A cross-validation run (`data.fold=-1`, trainer/cv.py) gives one model per fold, each
+    chosen on its own held-out videos: averaging the k fold models on new videos is steadier
+    than any one of them (the rare class most). Members may also be different families (a
+    network and the per-frame GBDT): each featurises the input with its own fitted pipeline.
+    """
+
+    def __init__(self, members: list[Predictor], weights: list[float] | None = None, directory: Path | None = None):
+        if not members:
+            raise ConfigError("--checkpoint: an ensemble needs at least one model")
+        first = members[0]
+        for m in members[1:]:
+            if m.class_names != first.class_names:
+                raise ConfigError(f"--checkpoint: {m.checkpoint} predicts {m.class_names}, "
+                                  f"{first.checkpoint} {first.class_names}: ensemble members must share classes")
+        w = np.asarray(weights if weights else [1.0] * len(members), dtype=np.float64)
+        if len(w) != len(members) or (w < 0).any() or w.sum() <= 0:
+            raise ConfigError(f"--weights: {len(members)} non-negative weights expected, got {list(w)}")
+        self.members, self.weights = members, w / w.sum()
+        self.checkpoint = directory or first.checkpoint  # where a fitted postprocess.json lives
+        self.cfg, self.pipeline, self.class_names = first.cfg, first.pipeline, first.class_names
+
+    @classmethod
+    def of_cv_run(cls, path: str | Path) -> Ensemble:
+        run = Path(path)
+        folds = sorted(p for p in run.glob("fold_*") if p.is_dir())
+        members = []
+        for f in folds:
+            if ckpt_io.resolve(f / "checkpoints" / "best") is None and ckpt_io.resolve(f) is None:
+                raise ConfigError(f"--checkpoint: {f} has no finished checkpoint; finish the cross-validation "
+                                  f"with --resume {run}")
+            members.append(Predictor.load(f))
+        log.info("ensemble of the %d fold models of %s", len(members), run)
+        return cls(members, directory=run)
+
+    @property
+    def background(self) -> int:
+        return self.members[0].background
+
+    def read(self, fmt: str, path: str) -> list[Recording]:
+        return self.members[0].read(fmt, path)
+
+    def postprocess(self, recs, probs, settings: PostprocessSettings) -> list[np.ndarray]:
+        return self.members[0].postprocess(recs, probs, settings)
+
+    def settings(self) -> PostprocessSettings:
+        path = self.checkpoint / "postprocess.json"
+        return PostprocessSettings.load(path) if path.is_file() else PostprocessSettings()
+
+    def probabilities(self, recs: list[Recording], *, batch_size: int = 64) -> list[list[np.ndarray]]:
+        total = None
+        for w, m in zip(self.weights, self.members):
+            probs = m.probabilities(recs, batch_size=batch_size)
+            total = ([[w * p for p in per] for per in probs] if total is None
+                     else [[t + w * p for t, p in zip(tp, per)] for tp, per in zip(total, probs)])
+        return total
+
+
+def load_models(paths: list[str], weights: list[float] | None = None) -> Predictor | Ensemble:
+    """One --checkpoint -> its Predictor (or a CV run's Ensemble); several -> their weighted Ensemble."""
+    if len(paths) == 1 and not weights:
+        return Predictor.load(paths[0])
+    members = []
+    for p in paths:
+        m = Predictor.load(p)
+        members += m.members if isinstance(m, Ensemble) else [m]
+    if weights and len(weights) != len(paths):
+        raise ConfigError(f"--weights: one weight per --checkpoint ({len(paths)}), got {len(weights)}")
+    if weights:  # a CV run given one weight shares it among its folds
+        per = []
+        for p, w in zip(paths, weights):
+            n = len(Predictor.load(p).members) if (Path(p) / CV_PLAN).is_file() else 1
+            per += [w / n] * n
+        weights = per
+    return Ensemble(members, weights)
+
+
 def frame_table(recs: list[Recording], probs: list[list[np.ndarray]], class_names: list[str],
                 labels: list[np.ndarray] | None = None) -> pd.DataFrame:
     """One row per frame and pair: video_id, frame, agent, target, pred, prob_<class>..., [final], true.
@@ -188,10 +271,13 @@ def save_ethogram(path: Path, recs, probs, class_names, max_tracks: int = 8, bac
     fig.savefig(path, dpi=100)
 
 
-def select_recordings(pred: Predictor, args) -> list[Recording]:
+def select_recordings(pred: Predictor | Ensemble, args) -> list[Recording]:
     cfg = pred.cfg
     if args.input:
         return pred.read(args.format or cfg.data.format, args.input)
+    if isinstance(pred, Ensemble):  # each member held out other videos: only new files are fair
+        raise ConfigError("an ensemble (several --checkpoint or a cross-validation run) predicts files: "
+                          "give them with --input (predict) / --data (evaluate)")
     train, val = load_splits(cfg)
     recs = {"val": val, "train": train, "all": train + val}[args.split]
     return conform(recs, bodyparts=pred.pipeline.bodyparts, units=cfg.data.units)
@@ -223,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     p = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir (runs/<name>/checkpoints/best) or run dir")
+    p.add_argument("--checkpoint", required=True, action="append",
+                   help="checkpoint dir (runs/<name>/checkpoints/best), run dir or cross-validation run dir; "
+                        "repeat to average several models")
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per --checkpoint (default: equal)")
     p.add_argument("--out", default="preds.csv", help="per-frame CSV to write")
     p.add_argument("--input", help="tracking file/dir to predict (default: the run's own validation videos)")
     p.add_argument("--format", help="reader for --input (default: the run's data.format)")
@@ -233,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         with npy_consent(args.format == "calms21"):  # .npy pickles only if typed here
-            pred = Predictor.load(args.checkpoint)
+            pred = load_models(args.checkpoint, args.weights)
             recs = select_recordings(pred, args)
             probs = pred.probabilities(recs, batch_size=args.batch_size)
             settings = settings_from_args(pred, args)
