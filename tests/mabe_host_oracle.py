@@ -61,16 +61,19 @@ def _rows(df: pd.DataFrame) -> list[dict]:
 
 def host_score(solution: pd.DataFrame, submission: pd.DataFrame, beta: float = 1.0) -> float:
     """The host's score of `submission` against `solution` (lab_id, behaviors_labeled included)."""
-    if len(solution) == 0 or len(submission) == 0:
+    return host_score_rows(_rows(solution), _rows(submission), beta)
+
+
+def host_score_rows(sol: list[dict], sub: list[dict], beta: float = 1.0) -> float:
+    """`host_score` of tables given as lists of row dicts (one dict per row, same keys)."""
+    if len(sol) == 0 or len(sub) == 0:
         raise HostError("missing solution or submission data")
     for col in COLUMNS:
-        if col not in solution.columns or col not in submission.columns:
+        if col not in sol[0] or col not in sub[0]:
             raise HostError(f"missing column {col}")
     for col in ("lab_id", "behaviors_labeled"):
-        if col not in solution.columns:
+        if col not in sol[0]:
             raise HostError(f"solution misses {col}")
-    sol = _rows(solution)
-    sub = _rows(submission)
     for r in sol + sub:
         try:
             if not r["start_frame"] <= r["stop_frame"]:
