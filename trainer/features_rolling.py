@@ -27,6 +27,7 @@ import warnings
 
 import numpy as np
 
+ROLLING_WINDOWS = [1 / 6, 0.5, 1.5, 4.5, 13.5]  # seconds; the config default (rolling_windows) for callers without one
 FRONT = ("nose", "snout", "head", "top", "neck")  # first found = the front of the body axis
 BACK = ("tail_base", "tailbase", "tail_root", "tail", "tail1")  # first found = the back
 
@@ -106,7 +107,7 @@ def rolling_stats(*, pose, fps, params, stats) -> np.ndarray:
     """
     sig = pair_signals(pose.xy, pose.bodyparts, fps)
     out = [sig]
-    for seconds in params["rolling_windows"]:
+    for seconds in params.get("rolling_windows", ROLLING_WINDOWS):
         mean, std = rolling_mean_std(sig, max(2, round(float(seconds) * fps)))
         out += [mean, std]
     return np.concatenate(out, axis=1)
