@@ -44,7 +44,8 @@ def split_kfold(recs: list[Recording], data) -> tuple[list[Recording], list[Reco
     if not 0 <= fold < k:
         raise DataError(f"config key 'data.fold' must be in 0..{k - 1}, got {fold}")
     if len(recs) < k:
-        raise DataError(f"data.split=kfold with {k} folds needs at least {k} videos, found {len(recs)}")
+        raise DataError(f"data.split=kfold with {k} folds needs at least {k} videos, found {len(recs)}; lower "
+                        "data.num_folds, or hold out time blocks of every video with data.split=by_time")
     order = np.random.default_rng(data.split_seed).permutation(len(recs))
     val_idx = set(np.array_split(order, k)[fold].tolist())
     train = [r for i, r in enumerate(recs) if i not in val_idx]
