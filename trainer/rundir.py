@@ -120,10 +120,15 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK
         self.fd: int | None = None
+        self.created: list[Path] = []  # directories this lock made (deepest first): removed again if left empty
 
     def acquire(self) -> RunLock:
         import fcntl
 
+        d = self.path.parent
+        while not d.exists() and d != d.parent:
+            self.created.append(d)
+            d = d.parent
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -159,6 +164,18 @@ class RunLock:
             pass
         os.close(self.fd)  # closing drops the flock
         self.fd = None
+        self._remove_if_unused()
+
+    def _remove_if_unused(self) -> None:
+        """A run that stopped before writing anything (a bad data path, say) leaves no empty directory."""
+        try:
+            if not self.created or [p.name for p in self.path.parent.iterdir()] != [LOCK]:
+                return
+            self.path.unlink()
+            for d in self.created:
+                d.rmdir()  # only empty ones: anything another process wrote meanwhile stays
+        except OSError:
+            pass
 
     def __enter__(self) -> RunLock:
         return self.acquire()
