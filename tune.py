@@ -359,15 +359,17 @@ def _short(v) -> str:
 
 
 def trial_run_name(trial_id: str, space: Space, params: dict) -> str:
-    """'trial_001-learning_rate=0.00453,batch_size=32': the trial's number and swept values.
+    """'trial_001-learning_rate_0.00453-batch_size_32': the trial's number and swept values.
 
     The trial's run directory and its name in TensorBoard; deterministic, so `--resume` finds it again.
+    Only letters, digits and `._-` (a run name is one safe path component, trainer/rundir.py).
     """
     number = trial_id.rsplit("_", 1)[-1]
     overrides = space.overrides(params)
-    values = ",".join(f"{k.rsplit('.', 1)[-1]}={_short(overrides[k])}" for k in space.swept_keys())
+    values = "-".join(f"{k.rsplit('.', 1)[-1]}_{_short(overrides[k])}" for k in space.swept_keys())
     name = f"trial_{int(number):03d}" + (f"-{values}" if values else "") if number.isdigit() else trial_id
-    return "".join(c if c.isalnum() or c in "._=,+-" else "_" for c in name)[:120]
+    name = name.replace("+", "")  # 1e+38 -> 1e38
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:120]
 
 
 class TrialDirname:
@@ -795,7 +797,7 @@ def _fmt(v) -> str:
 
 
 def _trial_number(run_name: str) -> str:
-    """'trial_001-learning_rate=...' -> 'trial_001' (the swept values have their own columns)."""
+    """'trial_001-learning_rate_...' -> 'trial_001' (the swept values have their own columns)."""
     return run_name.split("-", 1)[0]
 
 

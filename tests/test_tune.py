@@ -175,7 +175,7 @@ def test_trials_share_one_tensorboard_dir_with_hparams(sweep_result):
     runs = sorted(p for p in sweep.runs_dir.iterdir() if (p / "metrics.jsonl").is_file())
     assert len(runs) == 2  # the errored trial failed before its first epoch
     # run names: the trial's number and its swept values, no '/tb'
-    assert [p.name for p in runs] == ["trial_000-class_weights=1_5_5_5", "trial_001-class_weights=1_0_0_0"]
+    assert [p.name for p in runs] == ["trial_000-class_weights_1_5_5_5", "trial_001-class_weights_1_0_0_0"]
     for run in runs:
         ea = EventAccumulator(str(run))
         ea.Reload()
