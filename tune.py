@@ -550,7 +550,15 @@ class StatusSnapshot(ray_tune.Callback):
         self.key = key
 
     def on_step_end(self, iteration, trials, **info):
-        _LAST_STATUS[self.key] = {t.trial_id: t.status for t in trials}
+        _LAST_STATUS[self.key] = {_trial_dir_name(t): t.status for t in trials}
+
+
+def _trial_dir_name(trial) -> str:
+    """The name trial_table knows a trial by: its directory (TrialDirname), else its id."""
+    try:
+        return Path(trial.path).name or trial.trial_id
+    except Exception:  # a trial without storage yet
+        return trial.trial_id
 
 
 def fit_interruptibly(tuner) -> tuple[object, bool]:
@@ -743,7 +751,7 @@ def trial_table(grid, sweep: Sweep, *, previous: dict | None = None, running: se
         old = previous.get(trial, {})
         error = error_line(result.error)
         if trial in running and (result.error is None or error.startswith("KeyboardInterrupt")):
-            status = "interrupted"  # trial dirs are named by trial id (_trial_dirname)
+            status = "interrupted"  # keyed by trial directory name (_trial_dir_name)
         elif result.error is not None:
             status = "error"
         else:

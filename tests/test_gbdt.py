@@ -217,3 +217,17 @@ def test_cv_script_runs_every_fold_and_merges(tiny, tmp_path):
     assert cv.main(["--merge", str(tmp_path / "f1.json"), str(tmp_path / "f0.json"), "--out",
                     str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["summary"] == res["summary"]
+
+
+def test_gbdt_checkpoint_carries_a_verified_manifest(tmp_path):
+    """GBDT checkpoints are verified like the networks': a manifest with sizes and checksums."""
+    from trainer import checkpoint as ckpt_io
+    from trainer.config import make_config
+    from trainer.run import train
+
+    cfg = make_config(overrides=["model_type=gbdt", "data.synthetic.num_videos=4", "data.synthetic.frames_per_video=400",
+                                 "gbdt_max_iter=5", f"output_dir={tmp_path}", "name=g"])
+    train(cfg)
+    best = tmp_path / "g" / "checkpoints" / "best"
+    assert (best / "manifest.json").is_file()
+    ckpt_io.verify(best)  # raises on a mismatch

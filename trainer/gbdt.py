@@ -206,6 +206,7 @@ def save_checkpoint(root: Path, model: GBDTModel, meta: dict, state: dict) -> Pa
               metadata={"format": "pt"})
     ckpt_io.write_json(tmp / ckpt_io.META, meta)
     ckpt_io.write_json(tmp / ckpt_io.STATE, state)
+    ckpt_io.write_manifest(tmp)  # sizes + sha256: verified when predict/evaluate load it
     ckpt_io.publish(tmp, root / "last")
     ckpt_io.copy_checkpoint(root / "last", root / "best")
     return root / "last"
