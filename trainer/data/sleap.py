@@ -329,7 +329,7 @@ def _nwb_video(file, video, animals, *, min_likelihood, one_video) -> _Video:
     if not len(times):
         raise DataError(f"{file}: no instances (no pose samples) for video {video}")
     step = np.median(np.diff(times)) if len(times) > 1 else 0.0
-    fps = float(rates[0]) if rates else (1.0 / step if step > 0 else None)
+    fps = float(rates[0]) if rates else (round(1.0 / step, 3) if step > 0 else None)  # 3 decimals: 29.97 Hz
     rate = fps if fps and fps != 1.0 else None  # 1 Hz = sleap-io's placeholder for an unknown rate
     frames_of = (lambda t: np.rint((t - times[0]) * fps).astype(np.int64)) if fps else (lambda t: np.zeros(len(t), int))
     T = int(frames_of(times[-1:])[0]) + 1
