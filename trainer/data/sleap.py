@@ -165,10 +165,16 @@ def _pose_files(path: str) -> list[Path]:
 
 
 def _unique_ids(videos: list[_Video]) -> None:
+    """Video ids must be unique for the split by video: `<file stem>/<video stem>`, then `#k`."""
     stems = [v.name for v in videos]
     for v in videos:
         if stems.count(v.name) > 1:
             v.name = f"{v.file.stem}/{v.name}"
+    seen: dict[str, int] = {}
+    for v in videos:
+        seen[v.name] = seen.get(v.name, 0) + 1
+        if seen[v.name] > 1:
+            v.name = f"{v.name}#{seen[v.name]}"
 
 
 # --------------------------------------------------------------------------- Labels -> arrays
@@ -239,7 +245,7 @@ def _pick(lf, tracks: list, single: bool) -> tuple[dict[int, object], int]:
         if j is None:
             untracked += 1
             continue
-        if hasattr(inst, "score"):  # PredictedInstance
+        if hasattr(inst, "score"):  # PredictedInstance (user instances have no instance score)
             if j not in pred or (inst.score or 0) > (pred[j].score or 0):
                 pred[j] = inst
         else:
