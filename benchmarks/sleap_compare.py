@@ -8,7 +8,8 @@
    `sleap_io.load_dlc`: frames read, values, NaNs, individuals, body-part order, seconds.
    `load_dlc` reads DeepLabCut *training* tables (index = `labeled-data/<video>/imgNNNN.png`
    with the images on disk); it is also run on a copy rewritten into that layout (empty
-   image files; only `--table-videos` of rat46, at ~100 frames/s) to compare the values.
+   image files; the first `--table-frames` of `--table-videos` rat46 files, as load_dlc reads
+   them at ~100 frames/s) to compare the values.
 2. `--slp-videos` rat46 videos are written to .slp (every `--nwb-every`-th also to .nwb)
    with sleap-io and read back with the project's `sleap` reader: frames/s, and keypoints
    equal to the DLC source.
@@ -43,10 +44,14 @@ FIXTURES = {  # name -> write_dlc keyword arguments (tests/format_fixtures.py)
 }
 
 
-def as_training_table(src: Path, dst_dir: Path) -> Path:
-    """Copy a DLC tracking CSV into DLC's labelled-data layout (index = image path; empty images)."""
+def as_training_table(src: Path, dst_dir: Path, max_frames: int) -> Path:
+    """Copy the first `max_frames` rows of a DLC tracking CSV into DLC's labelled-data layout.
+
+    Index = image path, with empty image files (load_dlc skips rows whose image is missing).
+    """
     lines = src.read_text().splitlines()
     depth = 4 if lines[1].lower().startswith("individuals") else 3
+    lines = lines[: depth + max_frames]
     img_dir = dst_dir / "labeled-data" / src.stem[:40]
     img_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -60,7 +65,7 @@ def as_training_table(src: Path, dst_dir: Path) -> Path:
     return out
 
 
-def compare(sio, file: Path, work: Path, table: bool = True) -> dict:
+def compare(sio, file: Path, work: Path, table_frames: int) -> dict:
     """Project reader vs sleap_io.load_dlc on `file` (as is, and rewritten as a training table)."""
     t = time.perf_counter()
     kp, _, individuals, bodyparts = read_dlc_table(file)
@@ -71,9 +76,9 @@ def compare(sio, file: Path, work: Path, table: bool = True) -> dict:
     row = {"frames": int(kp.shape[0]), "ours_s": round(ours, 3), "ours_frames_per_s": round(kp.shape[0] / ours),
            "individuals_ours": individuals, "bodyparts_ours": bodyparts,
            "sleap_io_on_tracking_csv_frames": len(raw.labeled_frames), "sleap_io_on_tracking_csv_s": round(theirs_raw, 3)}
-    if not table:
+    if not table_frames:
         return row
-    table = as_training_table(file, work)
+    table = as_training_table(file, work, table_frames)
     t = time.perf_counter()
     lab = sio.load_dlc(str(table), config=False)
     arr = lab.numpy(video=0) if lab.videos else np.empty((0,))
@@ -82,9 +87,11 @@ def compare(sio, file: Path, work: Path, table: bool = True) -> dict:
     nodes = list(lab.skeleton.node_names) if lab.skeletons else []
     row.update({
         "sleap_io_training_table_s": round(theirs, 3),
-        "sleap_io_frames_per_s": round(kp.shape[0] / theirs) if theirs else None,
         "individuals_sleap_io": tracks, "bodyparts_sleap_io": nodes,
     })
+    kp = kp[:table_frames]
+    row["table_frames"] = int(kp.shape[0])
+    row["sleap_io_frames_per_s"] = round(kp.shape[0] / theirs) if theirs else None
     m = [tracks.index(i) for i in individuals if i in tracks] if lab.tracks else list(range(arr.shape[1]))
     if arr.ndim == 4 and set(bodyparts) <= set(nodes) and len(m) == len(individuals) and arr.shape[0] >= kp.shape[0]:
         a = arr[: kp.shape[0]][:, m][:, :, [nodes.index(b) for b in bodyparts]]
@@ -139,9 +146,10 @@ def main() -> None:
     near = [d / "shared" / "data" / "rat46" for d in (ROOT.parent, ROOT.parent.parent)]
     p.add_argument("--rat46", default=str(next((d for d in near if d.is_dir()), near[0])))
     p.add_argument("--videos", type=int, default=0, help="rat46 videos to use (0 = all)")
-    p.add_argument("--table-videos", type=int, default=2,
-                   help="rat46 videos also compared as training tables (load_dlc reads those at ~100 frames/s)")
-    p.add_argument("--slp-videos", type=int, default=10, help="rat46 videos written to .slp and read back")
+    p.add_argument("--table-videos", type=int, default=3, help="rat46 videos also compared as training tables")
+    p.add_argument("--table-frames", type=int, default=1500,
+                   help="frames per training-table copy (load_dlc reads those at ~100 frames/s)")
+    p.add_argument("--slp-videos", type=int, default=5, help="rat46 videos written to .slp and read back")
     p.add_argument("--nwb-every", type=int, default=5, help="also write/read every n-th video as .nwb")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sleap_compare.json"))
     args = p.parse_args()
@@ -156,7 +164,7 @@ def main() -> None:
         for name, kw in FIXTURES.items():
             f = tmp / name / f"{name}.csv"
             write_dlc(f, 60, **kw)
-            result["fixtures"][name] = compare(sio, f, tmp / name)
+            result["fixtures"][name] = compare(sio, f, tmp / name, table_frames=60)
             print(name, {k: v for k, v in result["fixtures"][name].items() if "ours" not in k or k == "ours_s"})
         files = sorted(Path(args.rat46, "dlc").glob("*.csv"))
         files = files[: args.videos] if args.videos else files
@@ -165,7 +173,7 @@ def main() -> None:
         rows = []
         for k, f in enumerate(files):
             work = tmp / "rat46" / f.stem
-            rows.append(compare(sio, f, work, table=k < args.table_videos))
+            rows.append(compare(sio, f, work, table_frames=args.table_frames if k < args.table_videos else 0))
             for x in work.rglob("*.png"):  # 15k empty images per video: free the inodes at once
                 x.unlink()
         frames = sum(r["frames"] for r in rows)
@@ -176,8 +184,9 @@ def main() -> None:
             "sleap_io_on_tracking_csv_frames_per_s": round(frames / sum(r["sleap_io_on_tracking_csv_s"] for r in rows)),
             "sleap_io_on_tracking_csv_frames_read": sum(r["sleap_io_on_tracking_csv_frames"] for r in rows),
             "training_table_videos": len(tab),
+            "training_table_frames": sum(r["table_frames"] for r in tab),
             "sleap_io_training_table_frames_per_s":
-                round(sum(r["frames"] for r in tab) / sum(r["sleap_io_training_table_s"] for r in tab)) if tab else None,
+                round(sum(r["table_frames"] for r in tab) / sum(r["sleap_io_training_table_s"] for r in tab)) if tab else None,
             "training_table_same_nan_all": all(r["same_nan"] for r in tab),
             "training_table_max_abs_diff": max((r.get("max_abs_diff", float("inf")) for r in tab), default=None),
             "training_table_individuals_equal_all": all(r["individuals_ours"] == r["individuals_sleap_io"] for r in tab),
