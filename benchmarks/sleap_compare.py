@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from trainer.config import DataConfig  # noqa: E402
 from trainer.data.dlc import read_dlc_table  # noqa: E402
-from trainer.data.sleap import read_sleap  # noqa: E402
+from trainer.data.sleap import labels_to_videos, read_sleap  # noqa: E402
 
 FIXTURES = {  # name -> write_dlc keyword arguments (tests/format_fixtures.py)
     "single_animal_3_rows": dict(individuals=None, bodyparts=["nose", "ear_left", "tail_base"]),
@@ -81,9 +81,14 @@ def compare(sio, file: Path, work: Path, table_frames: int) -> dict:
     table = as_training_table(file, work, table_frames)
     t = time.perf_counter()
     lab = sio.load_dlc(str(table), config=False)
-    arr = lab.numpy(video=0) if lab.videos else np.empty((0,))
     theirs = time.perf_counter() - t
+    # Labels.numpy() is not used: with at most one instance per frame it drops the track
+    # axis to one column (identity lost), e.g. in rat46 clips where one rat is not yet seen
+    row_np = list(lab.numpy(video=0).shape) if lab.videos else []
+    arr = labels_to_videos(lab, table)[0].keypoints if lab.labeled_frames else np.empty((0,))
+    names = labels_to_videos(lab, table)[0].tracks if lab.labeled_frames else []
     tracks = [tr.name for tr in lab.tracks] or ["(none)"]
+    row["sleap_io_labels_numpy_shape"] = row_np
     nodes = list(lab.skeleton.node_names) if lab.skeletons else []
     row.update({
         "sleap_io_training_table_s": round(theirs, 3),
@@ -92,9 +97,14 @@ def compare(sio, file: Path, work: Path, table_frames: int) -> dict:
     kp = kp[:table_frames]
     row["table_frames"] = int(kp.shape[0])
     row["sleap_io_frames_per_s"] = round(kp.shape[0] / theirs) if theirs else None
-    m = [tracks.index(i) for i in individuals if i in tracks] if lab.tracks else list(range(arr.shape[1]))
-    if arr.ndim == 4 and set(bodyparts) <= set(nodes) and len(m) == len(individuals) and arr.shape[0] >= kp.shape[0]:
-        a = arr[: kp.shape[0]][:, m][:, :, [nodes.index(b) for b in bodyparts]]
+    if arr.ndim == 4 and set(bodyparts) <= set(nodes):
+        # sleap-io's animals (a track absent from the clip is absent) on the project's layout
+        a = np.full(kp.shape, np.nan, dtype=np.float32)
+        cols = [nodes.index(b) for b in bodyparts]
+        n = min(len(arr), len(kp))
+        for i, ind in enumerate(individuals):
+            if ind in names or not lab.tracks:
+                a[:n, i] = arr[:n, names.index(ind) if lab.tracks else 0][:, cols]
         row["same_nan"] = bool(np.array_equal(np.isnan(a), np.isnan(kp)))
         row["max_abs_diff"] = float(np.nanmax(np.abs(a - kp))) if np.isfinite(kp).any() else 0.0
     else:
@@ -136,7 +146,7 @@ def slp_speed(sio, files: list[Path], work: Path, nwb_every: int) -> dict:
     for v in out.values():
         v["seconds"] = round(v["seconds"], 2)
         v["frames_per_s"] = round(v["frames"] / v["seconds"]) if v["seconds"] else None
-    out["slp"]["load_slp_frames_per_s"] = round(out["slp"]["frames"] / out["slp"]["load_slp_seconds"])
+    out["slp"]["load_slp_frames_per_s"] = round(out["slp"]["frames"] / max(out["slp"]["load_slp_seconds"], 1e-9))
     out["slp"]["load_slp_seconds"] = round(out["slp"]["load_slp_seconds"], 2)
     return out
 

@@ -192,6 +192,11 @@ def read_pose_file(file: Path, *, sio=None, min_likelihood: float = 0.0) -> list
         labels = LOADERS[kind](sio, file)
     except Exception as e:  # noqa: BLE001 - HDF5 / NWB errors come in many types
         raise DataError(f"{file}: cannot read as a {kind} pose file ({type(e).__name__}: {str(e)[:200]})") from None
+    return labels_to_videos(labels, file, min_likelihood=min_likelihood)
+
+
+def labels_to_videos(labels, file: Path, *, min_likelihood: float = 0.0) -> list[_Video]:
+    """Arrays of every video of a sleap_io.Labels read from `file` (rules: module docstring)."""
     nodes = _skeleton_nodes(labels, file)
     by_video: dict[int, list] = {}
     for lf in labels.labeled_frames:
