@@ -128,7 +128,7 @@ def read_sleap(path: str, *, data, fps: float) -> list[Recording]:
     sio = _sio()
     explicit = explicit_pairs(data)
     files = [t for t, _ in explicit] if explicit else _pose_files(path)
-    videos = [v for f in files for v in read_pose_file(f, sio=sio, min_likelihood=data.min_likelihood)]
+    videos = [v for f in files for v in read_pose_file(f, sio=sio, min_likelihood=getattr(data, "min_likelihood", 0.0))]
     _unique_ids(videos)
     if explicit:
         by_file = dict(explicit)
@@ -164,6 +164,10 @@ def _pose_files(path: str) -> list[Path]:
     return files
 
 
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
 def _unique_ids(videos: list[_Video]) -> None:
     """Video ids must be unique for the split by video: `<file stem>/<video stem>`, then `#k`."""
     stems = [v.name for v in videos]
@@ -191,7 +195,7 @@ def read_pose_file(file: Path, *, sio=None, min_likelihood: float = 0.0) -> list
     try:
         labels = LOADERS[kind](sio, file)
     except Exception as e:  # noqa: BLE001 - HDF5 / NWB errors come in many types
-        raise DataError(f"{file}: cannot read as a {kind} pose file ({type(e).__name__}: {str(e)[:200]})") from None
+        raise DataError(f"{file}: cannot read as a {kind} pose file ({type(e).__name__}: {_first_line(e)})") from None
     return labels_to_videos(labels, file, min_likelihood=min_likelihood)
 
 
@@ -303,7 +307,7 @@ def read_nwb(file: Path, *, min_likelihood: float = 0.0) -> list[_Video]:
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - HDF5 / NWB errors come in many types
-        raise DataError(f"{file}: cannot read as an NWB file ({type(e).__name__}: {str(e)[:200]})") from None
+        raise DataError(f"{file}: cannot read as an NWB file ({type(e).__name__}: {_first_line(e)})") from None
     if not groups:
         raise DataError(f"{file}: no ndx-pose PoseEstimation container (no poses) in this NWB file")
     out = []
