@@ -185,9 +185,7 @@ def test_options_train(tiny, tmp_path, extra):
 
 def test_two_process_cpu_run(tmp_path):
     """accelerate launch --multi_gpu --num_processes 2 on a machine without GPUs is one gloo group."""
-    from conftest import (
-        TINY,  # tests/ is on sys.path; a site-packages "tests" (sleap-io ships one) must not shadow it
-    )
+    from conftest import TINY  # not tests.conftest: sleap-io 0.9.5 installs a top-level `tests` package
 
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -203,9 +201,7 @@ def test_two_process_cpu_run(tmp_path):
 
 
 def test_launcher_world_size_without_process_group_is_an_error(tmp_path):
-    from conftest import (
-        TINY,  # tests/ is on sys.path; a site-packages "tests" (sleap-io ships one) must not shadow it
-    )
+    from conftest import TINY  # not tests.conftest: sleap-io 0.9.5 installs a top-level `tests` package
 
     env = dict(os.environ, WORLD_SIZE="2", CUDA_VISIBLE_DEVICES="")
     env.pop("MASTER_ADDR", None)

@@ -45,7 +45,7 @@ class SyntheticConfig:
 class DataConfig:
     """Where the recordings come from and how they are split."""
 
-    format: str = "synthetic"  # reader name: synthetic | calms21 | mabe25 | dlc | simba | auto (see docs/formats.md)
+    format: str = "synthetic"  # reader name: synthetic | calms21 | mabe25 | dlc | simba | sleap | auto (see docs/formats.md)
     path: str = ""  # file or directory the reader loads (unused by synthetic)
     val_path: str = ""  # optional separate validation file/directory; else split `path` by video
     val_fraction: float = 0.2  # fraction of videos held out for validation
@@ -55,7 +55,7 @@ class DataConfig:
     time_gap: float = 0.0  # by_time: seconds left out each side of a val block; at least one window either way
     split_seed: int = 0  # seed of the video shuffle before splitting
     background_class: str = "other"  # name of the background class (frames with no behaviour)
-    annotation_path: str = ""  # dlc: annotation file/dir (BORIS csv or Caltech .annot)
+    annotation_path: str = ""  # dlc, sleap: annotation file/dir (BORIS csv or Caltech .annot)
     annotation_stream: str = "S1"  # dlc + Caltech annotator: which stream to read
     annotation_format: str = "auto"  # dlc: auto | boris | caltech
     behaviors: list = field(default_factory=list)  # optional explicit class list (after background)

@@ -27,6 +27,7 @@ READERS: dict[str, str] = {
     "mabe25": "trainer.data.mabe25:read_mabe25",
     "dlc": "trainer.data.dlc:read_dlc",
     "simba": "trainer.data.simba:read_simba",
+    "sleap": "trainer.data.sleap:read_sleap",  # .slp / analysis .h5 / .nwb / JABS; needs the `sleap` extra
     "auto": "trainer.data.detect:read_auto",  # detect one of the above from the files
 }
 

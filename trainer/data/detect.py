@@ -52,15 +52,19 @@ def _file_kind(f: Path) -> str | None:
         return _csv_kind(f)
     if suffix == ".json":
         return _json_kind(f)
-    if suffix == ".h5":
-        return "dlc"
+    if suffix == ".h5":  # SLEAP analysis / JABS pose files have their own groups (needs h5py)
+        from trainer.data.sleap import h5_kind
+
+        return "sleap" if h5_kind(f) else "dlc"
+    if suffix in (".slp", ".nwb"):
+        return "sleap"
     if suffix == ".parquet" and re.fullmatch(r"\w+_tracking", f.parent.parent.name):
         return "mabe25"
     return None
 
 
 def detect_format(path: str | Path) -> str:
-    """Reader name for `path` (file or directory): calms21 | mabe25 | dlc | simba.
+    """Reader name for `path` (file or directory): calms21 | mabe25 | dlc | simba | sleap.
 
     Raises DataError when the path is missing, holds no recognisable file, or mixes
     formats.
@@ -77,14 +81,14 @@ def detect_format(path: str | Path) -> str:
         return "mabe25"
     kinds = set()
     for f in sorted(p.rglob("*")):
-        if f.is_file() and f.suffix.lower() in (".csv", ".json", ".h5", ".npy"):
+        if f.is_file() and f.suffix.lower() in (".csv", ".json", ".h5", ".npy", ".slp", ".nwb"):
             kind = _file_kind(f)
             if kind:
                 kinds.add(kind)
     if len(kinds) == 1:
         return kinds.pop()
     if not kinds:
-        raise DataError(f"{p}: no file of a known format (CalMS21 json, MABe-2025, DeepLabCut, SimBA) found")
+        raise DataError(f"{p}: no file of a known format (CalMS21 json, MABe-2025, DeepLabCut, SimBA, SLEAP/NWB/JABS) found")
     raise DataError(f"{p}: files of several formats ({', '.join(sorted(kinds))}); set data.format")
 
 

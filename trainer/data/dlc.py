@@ -9,19 +9,10 @@ pseudo-individual (unique body parts) is dropped.
 
 Annotations (`data.annotation_path`, a file or directory): BORIS CSV or Caltech annotator
 (see trainer/data/annotations.py). Pairing: `data.annotation_pairs` ([[tracking,
-annotation], ...]) when given, else by file stem: the annotation whose stem (without
-`_annot`) equals the tracking stem or is its longest prefix (DeepLabCut appends
-`DLC_<network>...` to the video name). Tracking files without a match are skipped with a
-warning when annotations were given (nothing to train on); without `annotation_path`
-every file is read unlabelled (prediction).
-
-Labels: each annotated animal is an agent; its target is the other animal when there are
-exactly two, else itself (the files carry no target). BORIS subjects are matched to
-individuals by name (case, spaces, `_`/`-` ignored); bouts without a subject, and all
-Caltech bouts, belong to the first individual (the resident in resident-intruder
-assays). Frames outside BORIS bouts are background; frames outside every Caltech
-interval are unlabelled (-1), because the annotator's streams cover the annotated range
-explicitly. fps comes from the annotation file, else from the config (`fps`).
+annotation], ...]) when given, else by the tracking file's stem (rules and labels in
+trainer/data/pairing.py, shared with the SLEAP reader). Without `annotation_path` every
+file is read unlabelled (prediction). fps comes from the annotation file, else from the
+config (`fps`).
 """
 
 from __future__ import annotations
@@ -36,22 +27,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from trainer.data.annotations import Annotation, read_annotation
-from trainer.data.common import (
-    check_frame_count,
-    check_known,
-    check_tracking,
-    class_list,
-    clip_intervals,
-    drop_low_likelihood,
-    list_files,
-    paint_pair,
+from trainer.data.annotations import Annotation
+from trainer.data.common import check_frame_count, check_tracking, drop_low_likelihood, list_files
+from trainer.data.pairing import (
+    explicit_pairs,
+    is_dlc_csv,
+    label_recording,
+    pair_by_name,
+    read_annotations,
+    unreadable,
 )
-from trainer.data.recording import UNLABELLED, DataError, Recording
+from trainer.data.recording import DataError, Recording
 
 log = logging.getLogger(__name__)
-
-ANNOTATION_SUFFIXES = (".csv", ".annot", ".txt")
 
 
 def read_dlc(path: str, *, data, fps: float) -> list[Recording]:
@@ -69,12 +57,7 @@ def read_dlc(path: str, *, data, fps: float) -> list[Recording]:
         None without annotations.
     """
     pairs = pair_files(path, data)
-    anns: dict[Path, Annotation] = {}
-    for _, a in pairs:
-        if a is not None and a not in anns:
-            anns[a] = read_annotation(a, fmt=data.annotation_format, stream=data.annotation_stream, fallback_fps=fps)
-    names = [b for ann in anns.values() for b in ann.behaviours]
-    classes = class_list(names, behaviors=list(data.behaviors), background=data.background_class)
+    anns, classes = read_annotations({a: fps for _, a in pairs if a is not None}, data)
     recs = []
     for trk, a in pairs:
         recs.append(_recording(trk, anns.get(a) if a else None, classes, data, fps))
@@ -89,37 +72,6 @@ def read_dlc(path: str, *, data, fps: float) -> list[Recording]:
 # --------------------------------------------------------------------------- pairing
 
 
-def _is_dlc_csv(f: Path) -> bool:
-    try:
-        with open(f, newline="", encoding="utf-8", errors="replace") as fh:
-            first = next(csv.reader(fh), [""])
-    except OSError:
-        return False
-    return bool(first) and first[0].strip().lower() == "scorer"
-
-
-def _unreadable(f: Path) -> str | None:
-    """Why `f` cannot be a tracking (or any text) file: empty or binary; None if it is text."""
-    try:
-        with open(f, "rb") as fh:
-            head = fh.read(4096)
-    except OSError as e:
-        return f"cannot read ({e.strerror})"
-    if not head:
-        return "the file is empty"
-    if f.suffix.lower() == ".csv" and b"\0" in head:
-        return "binary content, not a CSV"
-    return None
-
-
-def _stem(f: Path) -> str:
-    name = f.name
-    for suffix in ("_annot.txt", ".annot", ".csv", ".h5", ".txt"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return f.stem
-
-
 def video_id_of(f: Path) -> str:
     """Video name of a DLC output file: the stem before DeepLabCut's `DLC_<network>` suffix."""
     m = re.match(r"^(.+?)DLC_", f.stem)
@@ -128,55 +80,21 @@ def video_id_of(f: Path) -> str:
 
 def pair_files(path: str, data) -> list[tuple[Path, Path | None]]:
     """(tracking file, annotation file or None) pairs; see the module docstring for the rules."""
-    explicit = list(getattr(data, "annotation_pairs", []) or [])
+    explicit = explicit_pairs(data)
     if explicit:
-        out = []
-        for item in explicit:
-            if not isinstance(item, list | tuple) or len(item) != 2:
-                raise DataError(f"config key 'data.annotation_pairs': entry {item!r} is not [tracking_file, annotation_file]")
-            trk, ann = Path(item[0]), Path(item[1])
-            for f in (trk, ann):
-                if not f.is_file():
-                    raise DataError(f"{f}: file not found (listed in data.annotation_pairs)")
-            out.append((trk, ann))
-        return out
+        return list(explicit)
     tracking = list_files(path, (".csv", ".h5"), what="DeepLabCut")
     if len(tracking) > 1 or Path(path).is_dir():
         for f in tracking:
-            why = _unreadable(f)
+            why = unreadable(f)
             if why:
                 log.warning("%s: skipped as a tracking file: %s", f, why)
-        tracking = [f for f in tracking if f.suffix.lower() == ".h5" or _is_dlc_csv(f)]
+        tracking = [f for f in tracking if not unreadable(f) and (f.suffix.lower() == ".h5" or is_dlc_csv(f))]
         if not tracking:
             raise DataError(f"{path}: no DeepLabCut tracking file (CSV whose first row starts with 'scorer') found")
     if not data.annotation_path:
         return [(f, None) for f in tracking]
-    annots = list_files(data.annotation_path, ANNOTATION_SUFFIXES, what="annotation")
-    annots = [a for a in annots if a.suffix.lower() != ".csv" or not _is_dlc_csv(a)]
-    if len(tracking) == 1 and len(annots) == 1:
-        return [(tracking[0], annots[0])]
-    out = []
-    for trk in tracking:
-        stem = trk.stem
-        cands = [a for a in annots if stem == _stem(a) or stem.startswith(_stem(a))]
-        if not cands:
-            log.warning("%s: no annotation file with a matching name in %s; skipped", trk, data.annotation_path)
-            continue
-        best = max(len(_stem(a)) for a in cands)
-        top = [a for a in cands if len(_stem(a)) == best]
-        if len(top) > 1:
-            raise DataError(
-                f"{trk}: several annotation files match ({', '.join(a.name for a in top)}); "
-                "list the pairs in data.annotation_pairs"
-            )
-        out.append((trk, top[0]))
-    if not out:
-        raise DataError(f"{data.annotation_path}: no annotation file matches a tracking file name in {path}")
-    used = {a for _, a in out}
-    for a in annots:
-        if a not in used:
-            log.warning("%s: no tracking file matches this annotation file; ignored", a)
-    return out
+    return pair_by_name(tracking, lambda f: [f.stem], data.annotation_path, source=path)
 
 
 # --------------------------------------------------------------------------- tracking
@@ -299,47 +217,10 @@ def _assemble(file: Path, columns, values: np.ndarray, frames: np.ndarray):
 # --------------------------------------------------------------------------- recording
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[\s_\-]", "", str(name)).lower()
-
-
-def _agent_index(subject: str | None, individuals: list[str], ann: Annotation) -> int:
-    if subject is None or len(individuals) == 1:
-        return 0
-    by_name = {_norm(i): m for m, i in enumerate(individuals)}
-    if _norm(subject) in by_name:
-        return by_name[_norm(subject)]
-    raise DataError(
-        f"{ann.source}: subject '{subject}' matches no individual of the tracking ({', '.join(individuals)}); "
-        "rename the BORIS subject or the DeepLabCut individual"
-    )
-
-
 def _recording(trk: Path, ann: Annotation | None, classes: list[str], data, fallback_fps: float) -> Recording:
     kp, lik, individuals, bodyparts = read_dlc_table(trk)
     drop_low_likelihood(kp, lik, float(getattr(data, "min_likelihood", 0.0) or 0.0))
     check_tracking(kp, individuals, source=trk)
-    T, M = kp.shape[0], kp.shape[1]
-
-    def target_of(a: int) -> int:
-        return 1 - a if M == 2 else a
-
     meta = {"format": "dlc", "source": str(trk), "pix_per_cm": float(getattr(data, "pix_per_cm", 0.0) or 0.0) or None}
-    if ann is None:
-        pairs = [(a, target_of(a)) for a in range(M)]
-        return Recording(video_id_of(trk), kp, float(fallback_fps), individuals, bodyparts, pairs, None,
-                         list(classes), meta)
-    check_known(ann.behaviours, classes, source=ann.source)
-    fps = ann.fps or float(fallback_fps)
-    by_agent: dict[int, list[tuple[int, int, int]]] = {}
-    for subj, beh, s, e in ann.bouts:
-        by_agent.setdefault(_agent_index(subj, individuals, ann), []).append((s, e, classes.index(beh)))
-    agents = sorted(by_agent) or [0]
-    pairs = [(a, target_of(a)) for a in agents]
-    labels = np.empty((T, len(pairs)), dtype=np.int64)
-    fill = UNLABELLED if ann.kind == "caltech" else 0
-    for p, a in enumerate(agents):
-        ivs = clip_intervals(by_agent.get(a, []), T, source=ann.source)
-        labels[:, p] = paint_pair(T, ivs, fill=fill, source=ann.source, pair=individuals[a])
-    meta["annotation_source"] = str(ann.source)
-    return Recording(video_id_of(trk), kp, fps, individuals, bodyparts, pairs, labels, list(classes), meta)
+    fps = (ann.fps if ann is not None else None) or float(fallback_fps)
+    return label_recording(video_id_of(trk), kp, individuals, bodyparts, ann, classes, fps=fps, meta=meta)
