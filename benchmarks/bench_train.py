@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from benchmarks.machine import cpu_name
 from trainer import checkpoint as ckpt_io
 from trainer.config import Config, make_config
 from trainer.data import load_splits
@@ -84,16 +85,6 @@ MB = 2**20
 
 
 # ============================================================================ environment
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def cpu_bf16_flags() -> list[str]:

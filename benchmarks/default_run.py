@@ -25,19 +25,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: benchmarks/ is sys.path[0], the repo root is not
+    sys.path.insert(0, str(ROOT))
+from benchmarks.machine import cpu_name  # noqa: E402
+
 OUT = ROOT / "benchmarks" / "results" / "default_run.json"
 SWEEP = ROOT / "benchmarks" / "results" / "tune_sweep_cpu.json"  # written by benchmarks/tune_sweep_cpu.py
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name (Linux /proc/cpuinfo), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run_once(model: str, threads: int, tmp: Path) -> dict:
@@ -122,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": "the default run (python trainer/run.py: embedded synthetic data, 12 epochs) per model",
         "generated_by": "python benchmarks/default_run.py" + (f" --threads {args.threads}" if args.threads else ""),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(),
                     # other jobs on the machine slow the wall times down (not the scores)
                     "load_average_1min": {"before": round(load_before[0], 1), "after": round(os.getloadavg()[0], 1)}},
