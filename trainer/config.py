@@ -97,6 +97,8 @@ class Config:
     pca_components: int = 16  # PCA components of the centred pose
     include_temporal_stats: bool = True  # seed key: drop "temporal_stats" from features when false
     temporal_windows: list = field(default_factory=lambda: [0.25, 1.0])  # rolling-statistic windows, seconds
+    feature_store: str = "auto"  # features computed once per video on disk (trainer/store.py): auto = <output_dir>/feature_store | a directory | none = in memory, nothing written
+    featurize_workers: int = 0  # processes featurising videos missing from the store; 0 = usable CPU cores
     # --- model ---
     model_type: str = "conv_bilstm"  # conv_bilstm | transformer | per_frame_mlp (trainer.models.MODELS)
     input_dim: int = 0  # seed key: raw coordinate count (2 mice x bodyparts x 2); 0 = not checked
