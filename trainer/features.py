@@ -194,9 +194,6 @@ def fit_pca(X: np.ndarray, params) -> dict:
     mean = X.mean(axis=0)
     _, s, vt = np.linalg.svd(X - mean, full_matrices=False)
     k = min(int(params["pca_components"]), vt.shape[0])
-    # SVD signs are arbitrary and flip under float32 rounding of the input: fix them (largest
-    # loading positive) so the same data always gives the same features
-    vt = vt * np.where(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]
     return {"mean": mean, "components": vt[:k], "explained": (s[:k] ** 2 / (s**2).sum())}
 
 

@@ -513,15 +513,14 @@ def _pipeline(names: list[str], params: dict, bodyparts: list[str]) -> FeaturePi
 
 
 def featurise_recordings(recs: list[Recording], pipeline: FeaturePipeline, store: FeatureStore | None,
-                         workers: int = 0) -> tuple[list[StoredVideo], dict]:
-    """StoredVideos of `recs` and their feature rows, from the store (built where missing) or in memory."""
+                         workers: int = 0) -> tuple[list[StoredVideo], list[list]]:
+    """StoredVideos of `recs` and per video its per-pair feature rows, from the store (built
+    where missing) or computed in memory when `store` is None."""
     if store is None:
-        videos = [StoredVideo.of(r, content="") for r in recs]
-        return videos, {r.video_id: list(pipeline.raw(r)) for r in recs}
+        return [StoredVideo.of(r, content="") for r in recs], [list(pipeline.raw(r)) for r in recs]
     contents = [content_hash(r) for r in recs]
     keys = store.ensure(recs, pipeline, workers=workers, contents=contents)
-    videos = [StoredVideo.of(r, c) for r, c in zip(recs, contents)]
-    return videos, {v.video_id: store.rows(k) for v, k in zip(videos, keys)}
+    return [StoredVideo.of(r, c) for r, c in zip(recs, contents)], [store.rows(k) for k in keys]
 
 
 def _warm(cfg, store: FeatureStore, dkey: str, names, params):
@@ -557,6 +556,7 @@ def featurised_splits(cfg, *, names: list[str], params: dict, recordings=None) -
             raise DataError("empty data: need at least one training and one validation video")
         pipeline = _pipeline(names, params, train[0].bodyparts)
         videos, rows = featurise_recordings(list(train) + list(val), pipeline, store, workers)
+        rows = {v.video_id: r for v, r in zip(videos, rows)}
         return Featurised(videos[: len(train)], videos[len(train):], rows, pipeline, store)
     dkey = digest(dataset_identity(cfg))
     warm = _warm(cfg, store, dkey, names, params) if store is not None else None
@@ -567,6 +567,7 @@ def featurised_splits(cfg, *, names: list[str], params: dict, recordings=None) -
         recs, num_train = read_sides(cfg)
         pipeline = _pipeline(names, params, recs[0].bodyparts)
         videos, rows = featurise_recordings(recs, pipeline, store, workers)
+        rows = {v.video_id: r for v, r in zip(videos, rows)}
         del recs
         if store is not None:
             store.write_dataset(dkey, videos, num_train)
