@@ -215,7 +215,7 @@ def test_stitching_video_by_video_equals_all_at_once():
         whole = Stitcher(seqs, 2, gap, 16)
         got = {}
         streamed = Stitcher(seqs, 2, gap, 16, expected=ds.windows_per_sequence(),
-                            on_done=lambda i, lg: got.__setitem__(i, lg))
+                            on_done=got.__setitem__)
         for lg, idx in batches:
             whole.add(lg, idx)
             streamed.add(lg, idx)
@@ -284,3 +284,34 @@ def test_predict_from_store_equals_in_memory(tiny, tmp_path):
     for x, y in zip(a, b):
         assert all(np.array_equal(p, q) for p, q in zip(x, y))
     assert torch.is_tensor(torch.zeros(1))
+
+
+def test_featurize_cli_builds_lists_and_prunes(tmp_path, capsys):
+    from trainer.featurize import main as featurize
+
+    args = [f"output_dir={tmp_path / 'runs'}", "data.synthetic.num_videos=3", "data.synthetic.frames_per_video=150",
+            "featurize_workers=2"]
+    assert featurize(args) == 0
+    root = tmp_path / "runs" / "feature_store"
+    assert _events(root)[-1]["misses"] == 3
+    partial = root / "features" / "ab" / ".tmp-abcd-1-x"
+    partial.mkdir(parents=True)
+    os.utime(partial, (1, 1))  # a killed writer's leftovers, long ago
+    assert featurize(["--list", *args]) == 0
+    out = capsys.readouterr().out
+    assert "3 feature entries" in out and "INCOMPLETE" in out and "synthetic_002" in out
+    assert featurize(["--prune", *args]) == 0
+    assert not partial.exists() and len(list((root / "features").glob("*/*"))) == 3
+    assert featurize(args) == 0 and _events(root)[-1]["misses"] == 0
+    assert featurize(["--prune", "--all", *args]) == 0
+    assert list((root / "features").glob("*/*")) == []
+
+
+def test_featurize_cli_bad_store_dir_exit_2(tmp_path, caplog):
+    from trainer.featurize import main as featurize
+
+    f = tmp_path / "f"
+    f.write_text("keep")
+    assert featurize(["--list", f"feature_store={f}"]) == 2
+    assert featurize([f"feature_store={f}", "data.synthetic.num_videos=2"]) == 2
+    assert "is not a directory" in caplog.text and f.read_text() == "keep"
