@@ -190,8 +190,7 @@ def prepare_data(cfg: Config, recordings=None) -> Data:
             f"config key 'input_dim' is {cfg.input_dim} but the data has {raw_coordinate_count(bodyparts)} raw "
             f"coordinates (2 mice x {len(bodyparts)} body parts x 2); set input_dim=0 or the right count"
         )
-    pipeline = feats.pipeline
-    pipeline.fit([x for r in train_recs for x in feats.rows[r.video_id]])
+    pipeline = feats.fit()
 
     def seqs_of(recs):
         rows = [[FeatureRows(x, pipeline.finish) for x in feats.rows[r.video_id]] for r in recs]

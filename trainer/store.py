@@ -388,6 +388,23 @@ class FeatureStore:
         except OSError:
             pass  # a read-only store can still be read
 
+    # -- fitted statistics (PCA, mean/std) of one training set: sweeps and repeated runs skip the fit pass
+    def read_fit(self, key: str) -> dict | None:
+        try:
+            return json.loads((self.root / "fits" / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write_fit(self, key: str, state: dict) -> None:
+        path = self.root / "fits" / f"{key}.json"
+        try:
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # an optimisation only: a read-only store still trains
+
     # -- data-set manifests
     def dataset(self, dkey: str) -> Path:
         return self.root / "datasets" / dkey
@@ -506,6 +523,26 @@ class Featurised:
     rows: dict
     pipeline: FeaturePipeline
     store: FeatureStore | None
+
+    def fit(self) -> FeaturePipeline:
+        """Fit the pipeline on the training videos' stored rows (one streaming pass), or reuse the
+        statistics the store kept for exactly these training videos and this feature spec."""
+        from trainer import features
+
+        key = None
+        if self.store is not None and all(v.content for v in self.train):
+            key = digest({"train": sorted(v.content for v in self.train), "spec": self.pipeline.spec(),
+                          "pca_sample": features.PCA_SAMPLE, "chunk": features.FIT_CHUNK})
+            state = self.store.read_fit(key)
+            if state is not None:
+                fitted = FeaturePipeline.from_state(state)
+                self.pipeline.stats, self.pipeline.mean = fitted.stats, fitted.mean
+                self.pipeline.std, self.pipeline.scale_mask = fitted.std, fitted.scale_mask
+                return self.pipeline
+        self.pipeline.fit([x for v in self.train for x in self.rows[v.video_id]])
+        if key is not None:
+            self.store.write_fit(key, self.pipeline.state_dict())
+        return self.pipeline
 
 
 def _pipeline(names: list[str], params: dict, bodyparts: list[str]) -> FeaturePipeline:
