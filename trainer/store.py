@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -367,6 +368,8 @@ class FeatureStore:
                 pipeline._check(r)
             t0 = time.perf_counter()
             n = min(resolve_workers(workers), len(todo))
+            if threading.active_count() > 1:
+                n = 1  # forking a multi-threaded process (Ray/Modal workers) can deadlock: featurise here
             if n <= 1:
                 for k, r in todo.items():
                     self.write_features(k, r, pipeline)
