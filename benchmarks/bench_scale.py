@@ -56,6 +56,10 @@ def _base(work: Path, n: int, frames: int):
     """`n` simulated 4-mouse videos, cached as npz (keypoints, labels)."""
     from trainer.data.synthetic import generate_recording
 
+    longer = [c for c in work.glob(f"base_{n}x*.npz") if int(c.stem.split("x")[1]) >= frames]
+    if longer:  # a shorter set is the first frames of a longer one
+        base = np.load(min(longer, key=lambda c: int(c.stem.split("x")[1])))
+        return {k: base[k][:frames] for k in base.files}
     cache = work / f"base_{n}x{frames}.npz"
     if not cache.is_file():
         arrays = {}
@@ -199,11 +203,11 @@ def run_child(kind: str, *args) -> dict:
     return res
 
 
-def bench(scales: list[int], base_videos: int, frames: int, work: Path, two_workers_max: int) -> dict:
+def bench(scales: list[int], base_videos: int, frames_per_scale: list[int], work: Path, two_workers_max: int) -> dict:
     os.environ["BENCH_SCALE_WORK"], os.environ["BENCH_SCALE_BASE"] = str(work), str(base_videos)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for s in scales:
+    for s, frames in zip(scales, frames_per_scale):
         v = base_videos * s
         row = {"scale": s, "videos": v, "frames_per_video": frames}
         print(f"scale {s}x: {v} videos x {frames} frames", flush=True)
@@ -226,6 +230,8 @@ def bench(scales: list[int], base_videos: int, frames: int, work: Path, two_work
 def targets(rows: list[dict]) -> dict:
     one, big = rows[0], rows[-1]
     out = {}
+    out["note"] = "scales: " + ", ".join(f"{r['scale']}x = {r['videos']} videos x {r['frames_per_video']} frames"
+                                         for r in rows)
     out["train_rss_ratio_largest_vs_1x"] = big["train_store"]["peak_rss_mb"] / one["train_store"]["peak_rss_mb"]
     out["train_rss_largest_mb"] = big["train_store"]["peak_rss_mb"]
     out["warm_vs_cold"] = max(r["warm"]["seconds"] / r["featurise_2"]["seconds"] for r in rows)
@@ -278,7 +284,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scales", default="1,4,16")
     p.add_argument("--base-videos", type=int, default=25)
-    p.add_argument("--frames", type=int, default=1000)
+    p.add_argument("--frames", default="1000", help="frames per video; one value, or one per scale")
     p.add_argument("--two-workers-max", type=int, default=4, help="largest scale also featurised with 1 worker")
     p.add_argument("--work", default="/tmp/bench_scale")
     p.add_argument("--out", default=str(RESULTS / "scale_cpu.json"))
@@ -293,8 +299,10 @@ def main(argv=None) -> int:
         conv = [int(x) if x.isdigit() else x for x in rest]
         print(json.dumps(MEASURES[kind](Path(work), *conv)))
         return 0
-    result = bench([int(s) for s in args.scales.split(",")], args.base_videos, args.frames, Path(args.work),
-                   args.two_workers_max)
+    scales = [int(s) for s in args.scales.split(",")]
+    frames = [int(f) for f in args.frames.split(",")]
+    frames = frames * len(scales) if len(frames) == 1 else frames
+    result = bench(scales, args.base_videos, frames, Path(args.work), args.two_workers_max)
     Path(args.out).write_text(json.dumps(result, indent=1))
     plot(result, Path(args.out).with_suffix(".png"))
     print(json.dumps(result["targets"], indent=1))
