@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Sequence:
-    """Features and labels of one (video, pair). x: (T, F) float32; y: (T,) int64 (-1 unlabelled)."""
+    """Features and labels of one (video, pair). x: (T, F) float32; y: (T,) int64 (-1 unlabelled).
+
+    x is an array or anything indexable like one (`x[int_array]`, `len(x)`, `np.asarray(x)`),
+    e.g. trainer.store.FeatureRows, which reads and finishes rows from the feature store.
+    """
 
     video_id: str
     pair: int
