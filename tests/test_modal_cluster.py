@@ -75,7 +75,7 @@ def test_import_needs_no_credentials(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "mabe-trainer mabe-data False",  # light enough for Ray's per-trial processes
-        "['bench', 'list_runs', 'run_bench', 'tensorboard', 'train', 'train_trial']",
+        "['bench', 'featurize', 'featurize_videos', 'list_runs', 'run_bench', 'tensorboard', 'train', 'train_trial']",
     ]
 
 
