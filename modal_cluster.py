@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import modal
+import numpy as np
 
 from trainer.config import Config, ConfigError, all_keys, flat_dict, make_config
 from trainer.stream import epoch_stream
@@ -328,6 +329,61 @@ def train_trial(config: dict, name: str, source: dict | None = None) -> Iterator
         commit_volume()
         return
     yield from epoch_stream(cfg, on_checkpoint=commit_volume)
+
+
+@app.function(volumes=VOLUMES, timeout=DEFAULTS.modal_timeout, cpu=CPU_CORES, memory=MEMORY_MIB)
+def featurize_videos(config: dict, indices: list[int]) -> dict:
+    """Featurise the videos at `indices` (positions in the configured data set) into the feature
+    store on the volume (<output_dir>/feature_store, as training uses it), then commit."""
+    from trainer.data import read_sides
+    from trainer.features import FeaturePipeline
+    from trainer.store import open_store
+
+    _setup_logging()
+    cfg = container_config(config, "featurize")
+    recs, _ = read_sides(cfg)  # readers return every video; this container keeps only its share
+    recs = [recs[i] for i in indices]
+    store = open_store(cfg)
+    if store is None:
+        raise ConfigError("feature_store=none: there is no store to write on the volume")
+    pipeline = FeaturePipeline(cfg.feature_names(), bodyparts=recs[0].bodyparts, params=_feature_params(cfg))
+    store.ensure(recs, pipeline, workers=cfg.featurize_workers)
+    if not modal.is_local():
+        volume.commit()
+    return {"videos": len(recs), "built": store.misses, "reused": store.hits}
+
+
+def _feature_params(cfg: Config) -> dict:
+    return cfg.feature_params()
+
+
+@app.function(volumes=VOLUMES, timeout=DEFAULTS.modal_timeout)
+def featurize(config: dict, containers: int = 8) -> dict:
+    """modal run modal_cluster.py::featurize: the configured data set's features into the volume's store.
+
+    Maps chunks of videos over `containers` featurize_videos containers (each commits its
+    entries), then writes the data-set manifest here, so every later train/sweep on the
+    volume starts warm. Returns {"videos", "built", "reused", "containers"}.
+    """
+    from trainer.data import read_sides
+    from trainer.store import featurised_splits
+
+    _setup_logging()
+    cfg = container_config(config, "featurize")
+    recs, _ = read_sides(cfg)
+    n = len(recs)
+    del recs
+    chunks = [c.tolist() for c in np.array_split(np.arange(n), max(1, min(int(containers), n))) if len(c)]
+    if local_mode():
+        parts = [_in_process(featurize_videos, config, c) for c in chunks]
+    else:
+        parts = list(featurize_videos.map([config] * len(chunks), chunks))
+        volume.reload()  # see the containers' commits
+    feats = featurised_splits(cfg, names=cfg.feature_names(), params=_feature_params(cfg))  # all hits: the manifest
+    if not modal.is_local():
+        volume.commit()
+    return {"videos": n, "built": sum(p["built"] for p in parts), "reused": sum(p["reused"] for p in parts),
+            "containers": len(chunks), "store": str(feats.store.root)}
 
 
 def _harness():

@@ -681,12 +681,15 @@ def run_sweep(sweep: Sweep, *, backend: Callable | None = None, resume: bool = F
                            max_concurrent=max_concurrent, resources=resources, reuse_actors=reuse_actors)
     previous = _previous_trials(sweep) if resume else {}
     _LAST_STATUS.pop(sweep.name, None)
+    t_store = time.time()
+    if sweep.backend == "local":
+        prefeaturise(sweep)
     grid, interrupted = fit_interruptibly(tuner)
     wall = time.perf_counter() - t0
     rows = trial_table(grid, sweep, previous=previous,
                        running=_running_trials(sweep) if interrupted else set())
     summary = {"sweep": str(sweep.dir), "wall_time_s": wall, "resumed": resume, "interrupted": interrupted,
-               "trials": rows}
+               "trials": rows, "feature_store": store_counts(sweep, since=t_store)}
     (sweep.dir / "trials.json").write_text(json.dumps(summary, indent=1, default=str))
     best = next((r for r in rows if r["status"] != "error" and r["val_macro_f1"] is not None), None)
     if best is not None:
@@ -717,6 +720,30 @@ def _previous_trials(sweep: Sweep) -> dict[str, dict]:
         return {r["trial"]: r for r in rows}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
+
+
+def prefeaturise(sweep: Sweep) -> None:
+    """Featurise the sweep's data once into the store every local trial shares (runs/feature_store),
+    before trials start in parallel: N trials then featurise once, not N times."""
+    from trainer.config import make_config
+    from trainer.store import featurised_ahead
+
+    cfg = make_config(base={**sweep.base, "output_dir": str(sweep.runs_dir)})
+    featurised_ahead(cfg, names=cfg.feature_names(), params=cfg.feature_params())
+
+
+def store_counts(sweep: Sweep, *, since: float) -> dict:
+    """Videos featurised (misses) and reused (hits) in the shared feature store since `since`."""
+    from trainer.config import make_config
+    from trainer.store import store_root
+
+    root = store_root(make_config(base={**sweep.base, "output_dir": str(sweep.runs_dir)}))
+    events = root / "events.jsonl" if root is not None else None
+    if events is None or not events.is_file():
+        return {"hits": 0, "misses": 0}
+    rows = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["time"] >= since]
+    return {"hits": sum(r["hits"] for r in rows), "misses": sum(r["misses"] for r in rows)}
 
 
 def error_line(error: BaseException | None) -> str:

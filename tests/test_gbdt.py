@@ -171,7 +171,7 @@ def test_gbdt_run_predict_evaluate_end_to_end(tiny, tmp_path, capsys):
     for c in ("last", "best"):  # tensors and JSON only: nothing a loader would unpickle
         ck = run / "checkpoints" / c
         assert ckpt_io.resolve(ck) == ck
-        assert sorted(p.suffix for p in ck.iterdir()) == [".json", ".json", ".json", ".safetensors"]  # + manifest
+        assert sorted(p.suffix for p in ck.iterdir()) == [".json", ".json", ".json", ".safetensors"]  # meta, state, manifest
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ea = EventAccumulator(str(run / "tb"))

@@ -75,7 +75,7 @@ def test_import_needs_no_credentials(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "mabe-trainer mabe-data False",  # light enough for Ray's per-trial processes
-        "['bench', 'list_runs', 'run_bench', 'tensorboard', 'train', 'train_trial']",
+        "['bench', 'featurize', 'featurize_videos', 'list_runs', 'run_bench', 'tensorboard', 'train', 'train_trial']",
     ]
 
 
@@ -371,3 +371,17 @@ def test_tune_modal_backend_runs_a_real_sweep(tmp_path):
         assert attempt["requested_gpu"] == "T4"
     assert out.returncode == 0, log
     assert all(t["status"] in ("done", "stopped") for t in trials), log
+
+
+def test_featurize_maps_videos_over_containers_into_the_volume_store(vol):
+    config = {"data.synthetic.num_videos": 5, "data.synthetic.frames_per_video": 200}
+    out = modal_cluster.featurize.local(config, 2)
+    assert out == {**out, "videos": 5, "built": 5, "reused": 0, "containers": 2}
+    store = vol / "runs" / "feature_store"
+    assert out["store"] == str(store) and len(list((store / "features").glob("*/*/DONE.json"))) == 5
+    again = modal_cluster.featurize.local(config, 3)
+    assert again["built"] == 0 and again["reused"] == 5
+    # a training run on the volume now starts warm: no video is featurised again
+    modal_cluster.train.local({**TINY, **config, "epochs": 1}, "warm", {})
+    events = [json.loads(x) for x in (store / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["misses"] == 0 and events[-1]["hits"] == 5

@@ -167,6 +167,14 @@ def test_asha_stops_the_weak_trial_and_a_failing_trial_does_not_stop_the_sweep(s
     assert len(summary["trials"]) == 3 and summary["wall_time_s"] > 0
 
 
+def test_trials_share_one_feature_store_and_the_sweep_featurises_once(sweep_result):
+    sweep, _, rows = sweep_result
+    counts = json.loads((sweep.dir / "trials.json").read_text())["feature_store"]
+    videos = sweep.base["data"]["synthetic"]["num_videos"]
+    assert counts["misses"] == videos  # once, before the trials
+    assert counts["hits"] >= len(rows) * videos
+
+
 def test_trials_share_one_tensorboard_dir_with_hparams(sweep_result):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2

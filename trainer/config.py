@@ -100,6 +100,8 @@ class Config:
     include_temporal_stats: bool = True  # seed key: drop "temporal_stats" from features when false
     temporal_windows: list = field(default_factory=lambda: [0.25, 1.0])  # rolling-statistic windows, seconds
     rolling_windows: list = field(default_factory=lambda: [1 / 6, 0.5, 1.5, 4.5, 13.5])  # rolling_stats windows, seconds (5/15/45/135/405 frames at 30 fps)
+    feature_store: str = "auto"  # features computed once per video on disk (trainer/store.py): auto = <output_dir>/feature_store | a directory | none = in memory, nothing written
+    featurize_workers: int = 0  # processes featurising videos missing from the store; 0 = usable CPU cores
     # --- model ---
     model_type: str = "conv_bilstm"  # conv_bilstm | transformer | tcn_bigru | per_frame_mlp | gbdt (trainer.models.MODELS)
     input_dim: int = 0  # seed key: raw coordinate count (2 mice x bodyparts x 2); 0 = not checked
@@ -170,6 +172,11 @@ class Config:
         if not self.include_temporal_stats:
             names = [n for n in names if n != "temporal_stats"]
         return names
+
+    def feature_params(self) -> dict:
+        """The keys the feature functions read (part of the feature store's key)."""
+        return {"pca_components": self.pca_components, "temporal_windows": list(self.temporal_windows),
+                "rolling_windows": list(self.rolling_windows)}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from trainer.data.recording import UNLABELLED
 from trainer.data.windows import Sequence, Stitcher
-from trainer.metrics import frame_scores
+from trainer.metrics import confusion_matrix, scores_from_confusion
 
 
 class NonFiniteLossError(RuntimeError):
@@ -176,19 +176,23 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict_logits(model, loader, accelerator, seqs: list[Sequence], *, num_classes: int, gap: int, length: int):
+def predict_logits(model, loader, accelerator, seqs: list[Sequence], *, num_classes: int, gap: int, length: int,
+                   on_done=None):
     """Every frame of every sequence exactly once: per sequence (T, C) logits (overlaps averaged).
 
     Windows are sharded over processes; `gather_for_metrics` drops the padding duplicates
-    Accelerate adds to even out the last batch, so each window is counted once.
+    Accelerate adds to even out the last batch, so each window is counted once. With
+    `on_done(seq_index, logits)` each sequence is handed over as soon as it is complete and
+    nothing is returned (memory: the sequences in flight only).
     """
     model.eval()
-    stitcher = Stitcher(seqs, num_classes, gap, length)
+    expected = loader.dataset.windows_per_sequence() if on_done is not None else None
+    stitcher = Stitcher(seqs, num_classes, gap, length, expected=expected, on_done=on_done)
     for batch in tqdm(loader, desc="eval", leave=False, disable=_bars_off(accelerator)):
         logits = model(batch["x"], batch["valid"]).float()
         logits, index = accelerator.gather_for_metrics((logits, batch["index"]))
         stitcher.add(logits.cpu().numpy(), index.cpu().numpy())
-    return stitcher.logits()
+    return None if on_done is not None else stitcher.logits()
 
 
 def masked_argmax(logits: np.ndarray, class_mask: np.ndarray) -> np.ndarray:
@@ -199,15 +203,26 @@ def masked_argmax(logits: np.ndarray, class_mask: np.ndarray) -> np.ndarray:
 def evaluate(
     model, loader, accelerator, seqs: list[Sequence], *, class_names: list[str], background: str, gap: int, length: int
 ) -> dict:
-    """Val loss (unweighted per-frame CE) and frame scores over every val frame once."""
+    """Val loss (unweighted per-frame CE) and frame scores over every val frame once.
+
+    Sequence by sequence: the confusion matrix and the loss sum are accumulated as each
+    sequence's windows complete, so memory does not grow with the number of val frames.
+    """
     C = len(class_names)
-    per_seq = predict_logits(model, loader, accelerator, seqs, num_classes=C, gap=gap, length=length)
-    y_true = np.concatenate([s.y for s in seqs])
-    y_pred = np.concatenate([masked_argmax(lg, s.class_mask) for lg, s in zip(per_seq, seqs)])
-    logits = torch.from_numpy(np.concatenate(per_seq)).float()
-    masks = torch.from_numpy(np.concatenate([np.repeat(s.class_mask[None], s.num_frames, 0) for s in seqs]))
-    logits = logits.masked_fill(~masks, -1e4)  # unannotated classes are not negatives
-    val_loss = frame_loss(logits[None], torch.from_numpy(y_true)[None], None).item()
-    scores = frame_scores(y_true, y_pred, class_names, background)
-    scores["val_loss"] = val_loss
+    cm = np.zeros((C, C), dtype=np.int64)
+    loss = {"sum": 0.0, "n": 0}
+
+    def done(i: int, lg: np.ndarray) -> None:
+        s = seqs[i]
+        y = np.array(s.y, dtype=np.int64)  # a copy: stored labels are read-only
+        cm[...] += confusion_matrix(y, masked_argmax(lg, s.class_mask), C)
+        n = int((y != UNLABELLED).sum())
+        if n:
+            t = torch.from_numpy(lg).float().masked_fill(~torch.from_numpy(s.class_mask)[None], -1e4)
+            loss["sum"] += frame_loss(t[None], torch.from_numpy(y)[None], None).item() * n
+            loss["n"] += n
+
+    predict_logits(model, loader, accelerator, seqs, num_classes=C, gap=gap, length=length, on_done=done)
+    scores = scores_from_confusion(cm, class_names, background)
+    scores["val_loss"] = loss["sum"] / max(loss["n"], 1)
     return scores

@@ -85,10 +85,25 @@ def interpolate_missing(xy: np.ndarray) -> np.ndarray:
 
 
 def pair_pose(rec: Recording, pair: int) -> PairPose:
-    """Agent/target keypoints of label column `pair` of `rec` as a PairPose."""
+    """Agent/target keypoints of label column `pair` of `rec` as a PairPose (reference path)."""
     a, t = rec.pairs[pair]
     kp = rec.keypoints[:, [a, t]]  # self pairs (a == t) see the same mouse twice
     return PairPose(xy=interpolate_missing(kp), missing=np.isnan(kp).any(-1), fps=rec.fps, bodyparts=rec.bodyparts)
+
+
+def recording_poses(rec: Recording) -> list[PairPose]:
+    """PairPose of every labelled pair, interpolating each mouse once (not once per pair).
+
+    Interpolation is per keypoint column and the never-tracked fallback per mouse, so this
+    gives exactly `pair_pose(rec, p)` for every p; with 4 mice and 12 pairs it interpolates
+    4 mice instead of 24.
+    """
+    xy = interpolate_missing(rec.keypoints)  # (T, M, B, 2)
+    missing = np.isnan(rec.keypoints).any(-1)  # (T, M, B)
+    out = []
+    for a, t in rec.pairs:
+        out.append(PairPose(xy=xy[:, [a, t]], missing=missing[:, [a, t]], fps=rec.fps, bodyparts=rec.bodyparts))
+    return out
 
 
 def _heading(pose: PairPose) -> np.ndarray:
@@ -177,21 +192,32 @@ def angles(*, pose: PairPose, fps, params, stats) -> np.ndarray:
     return np.concatenate([np.sin(ang), np.cos(ang), turn], axis=1)
 
 
-def fit_pca(poses: list[PairPose], params) -> dict:
-    """PCA basis of the egocentric pose over all training frames (subsampled to 200k frames)."""
-    X = np.concatenate([_egocentric(p).reshape(len(p.xy), -1) for p in poses])
-    if len(X) > 200_000:
-        X = X[np.random.default_rng(0).choice(len(X), 200_000, replace=False)]
+PCA_SAMPLE = 200_000  # frames: PCA is fitted on at most this many training frames (uniform random sample)
+
+
+def fit_pca(X: np.ndarray, params) -> dict:
+    """PCA basis of egocentric poses X (n, 2*B*2): every training frame, or a uniform random
+    sample of PCA_SAMPLE of them (trainer/store.py draws it video by video)."""
+    X = np.asarray(X, dtype=np.float64)
     mean = X.mean(axis=0)
     _, s, vt = np.linalg.svd(X - mean, full_matrices=False)
     k = min(int(params["pca_components"]), vt.shape[0])
     return {"mean": mean, "components": vt[:k], "explained": (s[:k] ** 2 / (s**2).sum())}
 
 
+def pca_input(*, pose: PairPose, fps, params, stats) -> np.ndarray:
+    """Egocentric pose (T, 2*B*2): what the store keeps for `pca` (the basis is fitted per run)."""
+    return _egocentric(pose).reshape(len(pose.xy), -1)
+
+
+def pca_project(X: np.ndarray, stats: dict) -> np.ndarray:
+    """Projection of egocentric poses X (n, 2*B*2) on the training PCA basis, (n, pca_components)."""
+    return (np.asarray(X, dtype=np.float64) - stats["mean"]) @ np.asarray(stats["components"]).T
+
+
 def pca(*, pose: PairPose, fps, params, stats) -> np.ndarray:
     """Projection of the egocentric pose on the training PCA basis, (T, pca_components)."""
-    X = _egocentric(pose).reshape(len(pose.xy), -1)
-    return (X - stats["mean"]) @ np.asarray(stats["components"]).T
+    return pca_project(pca_input(pose=pose, fps=fps, params=params, stats=stats), stats)
 
 
 def temporal_stats(*, pose: PairPose, fps, params, stats) -> np.ndarray:
@@ -232,9 +258,17 @@ def mask(*, pose: PairPose, fps, params, stats) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Feature:
+    """One feature-table entry.
+
+    fn: pose -> (T, k) block, what the feature store keeps (unstandardised, float32).
+    fit: (sample rows of fn's block, params) -> stats, fitted on training videos only.
+    post: (block rows, stats) -> finished block; for fitted features (PCA projection).
+    """
+
     fn: Callable[..., np.ndarray]
-    fit: Callable[[list[PairPose], dict], dict] | None = None
+    fit: Callable[[np.ndarray, dict], dict] | None = None
     standardise: bool = True  # mask channels stay 0/1
+    post: Callable[[np.ndarray, dict], np.ndarray] | None = None
 
 
 FEATURES: dict[str, Feature] = {
@@ -243,7 +277,7 @@ FEATURES: dict[str, Feature] = {
     "acceleration": Feature(acceleration),
     "distances": Feature(distances),
     "angles": Feature(angles),
-    "pca": Feature(pca, fit=fit_pca),
+    "pca": Feature(pca_input, fit=fit_pca, post=pca_project),
     "temporal_stats": Feature(temporal_stats),
     "mask": Feature(mask, standardise=False),
     # cross-lab features (trainer/features_pairwise.py): agent-centred, heading-aligned
@@ -253,6 +287,10 @@ FEATURES: dict[str, Feature] = {
 }
 
 
+# Bump when any feature function's output changes: the feature store (trainer/store.py)
+# keys entries by it, so stale features are recomputed, never reused.
+FEATURE_CODE_VERSION = 3  # 3: body parts found through skeleton aliases, nose falls back to the neck
+
 # ----------------------------------------------------------------------------- pipeline
 
 
@@ -260,8 +298,58 @@ def _to_list(d: dict) -> dict:
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
 
 
+class Moments:
+    """Streaming per-channel count, mean and sum of squared deviations (Welford / Chan et al.).
+
+    `add(X)` folds in a block of rows; `merge(other)` combines two partial results (e.g. from
+    two workers) exactly as if one had seen all rows: the pooled variance formula of Chan,
+    Golub & LeVeque (1979). float64 throughout; `std` is the population std (numpy's default).
+    """
+
+    def __init__(self, dim: int):
+        self.n = 0
+        self.mean = np.zeros(dim)
+        self.m2 = np.zeros(dim)
+
+    def add(self, X: np.ndarray) -> Moments:
+        X = np.asarray(X, dtype=np.float64)
+        if len(X):
+            other = Moments(X.shape[1])
+            other.n, other.mean = len(X), X.mean(axis=0)
+            other.m2 = ((X - other.mean) ** 2).sum(axis=0)
+            self.merge(other)
+        return self
+
+    def merge(self, other: Moments) -> Moments:
+        n = self.n + other.n
+        if other.n == 0:
+            return self
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.n / n)
+        self.m2 = self.m2 + other.m2 + delta * delta * (self.n * other.n / n)
+        self.n = n
+        return self
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / max(self.n, 1))
+
+
+FIT_CHUNK = 65_536  # rows per block in the streaming fit: bounds its memory at ~F x 0.5 MB
+
+
 class FeaturePipeline:
-    """Selected features -> (T, F) float32, standardised with statistics fitted on train only."""
+    """Selected features -> (T, F) float32, standardised with statistics fitted on train only.
+
+    Two stages, so that the expensive part can be computed once and stored on disk:
+
+    * `raw(rec)`: per pair a (T, F_raw) float32 array of every feature function's output,
+      unstandardised and independent of the training set (what trainer/store.py keeps);
+      for fitted features (PCA) it holds their input (the egocentric pose).
+    * `fit(raw_seqs)` (training sequences, streamed: bounded memory) and then
+      `finish(rows)`: PCA projection, standardisation and clipping of any rows, e.g. one
+      training window read from a memory-mapped store entry.
+    """
 
     def __init__(self, names: list[str], *, bodyparts: list[str], params: dict):
         unknown = [n for n in names if n not in FEATURES]
@@ -276,6 +364,7 @@ class FeaturePipeline:
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
         self.scale_mask: np.ndarray | None = None
+        self._widths: list[int] | None = None
 
     # -- computing
     def _check(self, rec: Recording) -> None:
@@ -285,42 +374,103 @@ class FeaturePipeline:
                 "map every video to one skeleton (data readers' canonical skeleton) first"
             )
 
-    def _raw(self, pose: PairPose) -> list[np.ndarray]:
-        return [
-            FEATURES[n].fn(pose=pose, fps=pose.fps, params=self.params, stats=self.stats.get(n, {}))
-            for n in self.names
-        ]
+    def spec(self) -> dict:
+        """Everything that changes `raw` values except the keypoints: the feature store's key."""
+        return {"names": self.names, "params": self.params, "bodyparts": self.bodyparts,
+                "code_version": FEATURE_CODE_VERSION}
 
-    def fit_transform(self, recs: list[Recording]) -> list[list[np.ndarray]]:
-        """Fit PCA and standardisation on `recs` (training videos); return features per rec per pair."""
-        for r in recs:
-            self._check(r)
-        poses = [[pair_pose(r, p) for p in range(len(r.pairs))] for r in recs]
-        flat = [p for ps in poses for p in ps]
-        for n in self.names:
-            if FEATURES[n].fit is not None:
-                self.stats[n] = FEATURES[n].fit(flat, self.params)
-        raws = [[self._raw(p) for p in ps] for ps in poses]
-        widths = [blk.shape[1] for blk in raws[0][0]]
-        self.scale_mask = np.concatenate(
-            [np.full(w, FEATURES[n].standardise) for n, w in zip(self.names, widths)]
-        )
-        X = np.concatenate([np.concatenate(blocks, axis=1) for rr in raws for blocks in rr])
-        self.mean = np.where(self.scale_mask, X.mean(axis=0), 0.0)
-        std = X.std(axis=0)
+    def raw_blocks(self, pose: PairPose) -> list[np.ndarray]:
+        return [FEATURES[n].fn(pose=pose, fps=pose.fps, params=self.params, stats={}) for n in self.names]
+
+    def raw(self, rec: Recording):
+        """Yield per labelled pair of `rec` its (T, F_raw) float32 stored features."""
+        self._check(rec)
+        for pose in recording_poses(rec):
+            yield np.concatenate(self.raw_blocks(pose), axis=1).astype(np.float32)
+
+    @property
+    def raw_widths(self) -> list[int]:
+        """Columns of each feature's stored block (from a small probe pose; fixed per bodyparts/params)."""
+        if self._widths is None:
+            T, B = 32, len(self.bodyparts)
+            xy = np.random.default_rng(0).normal(100, 20, (T, 2, B, 2))
+            probe = PairPose(xy=xy, missing=np.zeros((T, 2, B), bool), fps=30.0, bodyparts=self.bodyparts)
+            self._widths = [blk.shape[1] for blk in self.raw_blocks(probe)]
+        return self._widths
+
+    @property
+    def raw_dim(self) -> int:
+        return int(sum(self.raw_widths))
+
+    def _blocks(self, rows: np.ndarray) -> np.ndarray:
+        """Rows (n, F_raw) -> (n, F) float64 with every fitted feature's `post` applied."""
+        edges = np.cumsum([0, *self.raw_widths])
+        out = []
+        for n, lo, hi in zip(self.names, edges[:-1], edges[1:]):
+            blk = np.asarray(rows[:, lo:hi], dtype=np.float64)
+            post = FEATURES[n].post
+            out.append(post(blk, self.stats[n]) if post is not None else blk)
+        return np.concatenate(out, axis=1)
+
+    # -- fitting (streamed over sequences; memory bounded by FIT_CHUNK and PCA_SAMPLE rows)
+    def fit(self, raw_seqs: list[np.ndarray]) -> FeaturePipeline:
+        """Fit PCA and standardisation on training sequences, each (T, F_raw) (memmaps are fine).
+
+        PCA: on every training frame, or on a uniform random sample of PCA_SAMPLE frames
+        (seed 0) gathered sequence by sequence. Mean/std: one streaming pass (`Moments`).
+        """
+        lengths = np.array([len(x) for x in raw_seqs])
+        total = int(lengths.sum())
+        edges = np.cumsum([0, *self.raw_widths])
+        pick = None
+        if total > PCA_SAMPLE:
+            pick = np.sort(np.random.default_rng(0).choice(total, PCA_SAMPLE, replace=False))
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        for k, n in enumerate(self.names):
+            if FEATURES[n].fit is None:
+                continue
+            lo, hi = edges[k], edges[k + 1]
+            parts = []
+            for i, x in enumerate(raw_seqs):
+                rows = slice(None) if pick is None else pick[(pick >= starts[i]) & (pick < starts[i + 1])] - starts[i]
+                parts.append(np.asarray(x[rows, lo:hi], dtype=np.float64))
+            self.stats[n] = FEATURES[n].fit(np.concatenate(parts), self.params)
+        moments = None
+        for x in raw_seqs:
+            for a in range(0, len(x), FIT_CHUNK):
+                blk = self._blocks(x[a:a + FIT_CHUNK])
+                moments = (moments or Moments(blk.shape[1])).add(blk)
+        widths = [hi - lo for lo, hi in zip(*self._finished_edges())]
+        self.scale_mask = np.concatenate([np.full(w, FEATURES[n].standardise) for n, w in zip(self.names, widths)])
+        std = moments.std
+        self.mean = np.where(self.scale_mask, moments.mean, 0.0)
         self.std = np.where(self.scale_mask & (std > 1e-8), std, 1.0)
-        return [[self._finish(np.concatenate(blocks, axis=1)) for blocks in rr] for rr in raws]
+        return self
+
+    def _finished_edges(self) -> tuple[list[int], list[int]]:
+        """Column ranges of each feature in the finished (n, F) array."""
+        widths = [len(self.stats[n]["components"]) if FEATURES[n].post is not None else w
+                  for n, w in zip(self.names, self.raw_widths)]
+        e = np.cumsum([0, *widths])
+        return list(e[:-1]), list(e[1:])
+
+    def finish(self, rows: np.ndarray) -> np.ndarray:
+        """Stored rows (n, F_raw) -> model input (n, F) float32: post, standardise, clip."""
+        X = (self._blocks(rows) - self.mean) / self.std
+        return np.clip(np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0), -20, 20).astype(np.float32)
+
+    # -- in-memory convenience (tests, benchmarks): raw + fit + finish in one call
+    def fit_transform(self, recs: list[Recording]) -> list[list[np.ndarray]]:
+        """Fit on `recs` (training videos); return finished features per rec per pair."""
+        raws = [list(self.raw(r)) for r in recs]
+        self.fit([x for rr in raws for x in rr])
+        return [[self.finish(x) for x in rr] for rr in raws]
 
     def transform(self, rec: Recording) -> list[np.ndarray]:
         """Features of every labelled pair of `rec`: list of (T, F) float32."""
         if self.mean is None:
             raise RuntimeError("FeaturePipeline.transform called before fit")
-        self._check(rec)
-        return [self._finish(np.concatenate(self._raw(pair_pose(rec, p)), axis=1)) for p in range(len(rec.pairs))]
-
-    def _finish(self, X: np.ndarray) -> np.ndarray:
-        X = (X - self.mean) / self.std
-        return np.clip(np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0), -20, 20).astype(np.float32)
+        return [self.finish(x) for x in self.raw(rec)]
 
     @property
     def dim(self) -> int:

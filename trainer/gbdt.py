@@ -179,11 +179,12 @@ def staged_scores(ens: TreeEnsemble, seqs, *, every: int, class_names: list[str]
     """
     C = len(class_names)
     raw = [np.zeros((s.num_frames, ens.roots.shape[1])) + ens.baseline for s in seqs]
+    xs = [np.asarray(s.x, dtype=np.float32) for s in seqs]  # s.x may be a row source: finish every row once
     stops = sorted({*range(every, ens.num_iterations, every), ens.num_iterations})
     out, start = [], 0
     for stop in stops:
-        for r, s in zip(raw, seqs):
-            r += ens.raw_predict(s.x, start, stop)
+        for r, x in zip(raw, xs):
+            r += ens.raw_predict(x, start, stop)
         start = stop
         logits = [np.where(s.class_mask[None], ens.to_logits(r, C), -1e4) for r, s in zip(raw, seqs)]
         y = np.concatenate([s.y for s in seqs])

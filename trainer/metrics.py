@@ -50,8 +50,12 @@ def frame_scores(
     Returns a JSON-serialisable dict: {"f1": {name: f1}, "macro_f1", "accuracy",
     "confusion": [[...]], "support": {name: frames}, "frames": n}.
     """
+    return scores_from_confusion(confusion_matrix(y_true, y_pred, len(class_names)), class_names, background)
+
+
+def scores_from_confusion(cm: np.ndarray, class_names: list[str], background: str | None = "other") -> dict:
+    """`frame_scores` from (C, C) counts (accumulated video by video)."""
     C = len(class_names)
-    cm = confusion_matrix(y_true, y_pred, C)
     f1 = f1_from_confusion(cm)
     behaviours = [i for i, n in enumerate(class_names) if n != background] or list(range(C))
     # classes never present in truth nor prediction are left out of the mean (NaN)

@@ -127,26 +127,28 @@ class Predictor:
     def probabilities(self, recs: list[Recording], *, batch_size: int = 64) -> list[list[np.ndarray]]:
         """Per recording, per labelled pair: (T, C) class probabilities for every frame."""
         from trainer.run import new_accelerator  # the run module owns Accelerator construction
+        from trainer.store import FeatureRows, featurise_recordings, open_store
 
         C = len(self.class_names)
-        seqs = make_sequences(recs, [self.pipeline.transform(r) for r in recs], C)
-        ds = WindowDataset(seqs, length=self.window_length, gap=self.cfg.frame_gap)
+        _, rows = featurise_recordings(recs, self.pipeline, open_store(self.cfg), self.cfg.featurize_workers)
         accelerator = new_accelerator(cpu=not torch.cuda.is_available())
-        model, loader = accelerator.prepare(self.model, DataLoader(ds, batch_size=batch_size))
-        logits = predict_logits(model, loader, accelerator, seqs, num_classes=C, gap=self.cfg.frame_gap,
-                                length=self.window_length)
-        out, k = [], 0
-        for r in recs:
+        model = accelerator.prepare(self.model)
+        out = []
+        for r, per_pair_rows in zip(recs, rows):  # video by video: windows, stitching, softmax
+            seqs = make_sequences([r], [[FeatureRows(x, self.pipeline.finish) for x in per_pair_rows]], C)
+            ds = WindowDataset(seqs, length=self.window_length, gap=self.cfg.frame_gap)
+            loader = accelerator.prepare_data_loader(DataLoader(ds, batch_size=batch_size))
+            logits = predict_logits(model, loader, accelerator, seqs, num_classes=C, gap=self.cfg.frame_gap,
+                                    length=self.window_length)
             per_pair = []
-            for _ in r.pairs:
-                if not np.isfinite(logits[k]).all():  # a NaN would become "every frame background"
+            for s, lg in zip(seqs, logits):
+                if not np.isfinite(lg).all():  # a NaN would become "every frame background"
                     raise DataError(f"{r.video_id}: the model gave non-finite scores (NaN/inf); the input has "
                                     f"extreme values or the checkpoint {self.checkpoint} is damaged")
-                lg = np.where(seqs[k].class_mask[None], logits[k], -np.inf)
+                lg = np.where(s.class_mask[None], lg, -np.inf)
                 lg = lg - lg.max(axis=1, keepdims=True)
                 p = np.exp(lg)
                 per_pair.append(p / p.sum(axis=1, keepdims=True))
-                k += 1
             out.append(per_pair)
         return out
 

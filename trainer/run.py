@@ -52,6 +52,7 @@ from trainer.ema import WeightEMA
 from trainer.engine import NonFiniteLossError, evaluate, train_one_epoch
 from trainer.features import FeaturePipeline, raw_coordinate_count
 from trainer.models import build_model, count_parameters, model_trainer
+from trainer.store import FeatureRows, featurised_splits
 
 log = logging.getLogger("trainer")
 
@@ -183,10 +184,16 @@ def window_fps(cfg: Config, recs) -> float:
 
 
 def prepare_data(cfg: Config, recordings=None) -> Data:
-    """Read/split recordings, fit features on train only, build train/val window datasets."""
-    train_recs, val_recs = recordings if recordings is not None else load_splits(cfg)
-    if cfg.mirror_pairs:
-        train_recs = [mirror_pairs(r) for r in train_recs]
+    """Read/split videos (or reuse the feature store), fit features on train only (streamed),
+    build train/val window datasets that read stored features window by window."""
+    if cfg.mirror_pairs:  # mirrored pairs are new feature rows: featurise the mirrored recordings (keyed by content)
+        train_recs, val_recs = recordings if recordings is not None else load_splits(cfg)
+        recordings = ([mirror_pairs(r) for r in train_recs], val_recs)
+    feats = featurised_splits(
+        cfg, names=cfg.feature_names(), recordings=recordings,
+        params=cfg.feature_params(),
+    )
+    train_recs, val_recs = feats.train, feats.val
     if not train_recs or not val_recs:
         raise DataError("empty data: need at least one training and one validation video")
     class_names = list(train_recs[0].class_names)
@@ -211,14 +218,13 @@ def prepare_data(cfg: Config, recordings=None) -> Data:
             f"config key 'input_dim' is {cfg.input_dim} but the data has {raw_coordinate_count(bodyparts)} raw "
             f"coordinates (2 mice x {len(bodyparts)} body parts x 2); set input_dim=0 or the right count"
         )
-    pipeline = FeaturePipeline(
-        cfg.feature_names(),
-        bodyparts=bodyparts,
-        params={"pca_components": cfg.pca_components, "temporal_windows": list(cfg.temporal_windows),
-                "rolling_windows": list(cfg.rolling_windows)},
-    )
-    train_seqs = make_sequences(train_recs, pipeline.fit_transform(train_recs), len(class_names))
-    val_seqs = make_sequences(val_recs, [pipeline.transform(r) for r in val_recs], len(class_names))
+    pipeline = feats.fit()
+
+    def seqs_of(recs):
+        rows = [[FeatureRows(x, pipeline.finish) for x in feats.rows[r.video_id]] for r in recs]
+        return make_sequences(recs, rows, len(class_names))
+
+    train_seqs, val_seqs = seqs_of(train_recs), seqs_of(val_recs)
     length = window_length(cfg, window_fps(cfg, train_recs + val_recs))
     aug = cfg.use_augmentation
     train_ds = WindowDataset(

@@ -109,6 +109,13 @@ def load_recordings(cfg) -> list[Recording]:
 
 def load_splits(cfg) -> tuple[list[Recording], list[Recording]]:
     """Read the configured data and split it into (train, val) recordings by video."""
+    recs, num_train = read_sides(cfg)
+    return split_videos(recs, num_train, cfg)
+
+
+def read_sides(cfg) -> tuple[list[Recording], int | None]:
+    """Every configured recording, harmonised; and how many of them (the first ones) come from
+    the training path when a separate validation path is set (else None: split by `data.split`)."""
     d = cfg.data
     train_path = d.path or cfg.train_data_dir
     val_path = d.val_path or cfg.val_data_dir
@@ -117,13 +124,21 @@ def load_splits(cfg) -> tuple[list[Recording], list[Recording]]:
     recs = read_recordings(d.format, train_path, data=d, fps=cfg.fps)
     if val_path:
         val = read_recordings(d.format, val_path, data=d, fps=cfg.fps)
-        both = harmonise(recs + val, skeleton=d.skeleton, units=d.units)  # one layout for both sides
-        return both[: len(recs)], both[len(recs):]
-    return split_recordings(harmonise(recs, skeleton=d.skeleton, units=d.units), cfg)
+        return harmonise(recs + val, skeleton=d.skeleton, units=d.units), len(recs)  # one layout for both sides
+    return harmonise(recs, skeleton=d.skeleton, units=d.units), None
 
 
 def split_recordings(recs: list[Recording], cfg, *, fold: int | None = None) -> tuple[list[Recording], list[Recording]]:
     """(train, val) of already read recordings by `data.split`; `fold` overrides data.fold (cross-validation)."""
+    return split_videos(recs, None, cfg, fold=fold)
+
+
+def split_videos(recs: list, num_train: int | None, cfg, *, fold: int | None = None) -> tuple[list, list]:
+    """(train, val): the first `num_train` / the rest, or `data.split` applied (any objects with
+    `video_id` and `meta`, e.g. the feature store's StoredVideo, except for by_time, which slices
+    keypoints); `fold` overrides data.fold (cross-validation)."""
+    if num_train is not None:
+        return recs[:num_train], recs[num_train:]
     d = cfg.data if fold is None else dataclasses.replace(cfg.data, fold=fold)
     splitter = SPLITTERS.get(d.split)
     if splitter is None:

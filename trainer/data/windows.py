@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Sequence:
-    """Features and labels of one (video, pair). x: (T, F) float32; y: (T,) int64 (-1 unlabelled)."""
+    """Features and labels of one (video, pair). x: (T, F) float32; y: (T,) int64 (-1 unlabelled).
+
+    x is an array or anything indexable like one (`x[int_array]`, `len(x)`, `np.asarray(x)`),
+    e.g. trainer.store.FeatureRows, which reads and finishes rows from the feature store.
+    """
 
     video_id: str
     pair: int
@@ -101,6 +105,10 @@ class WindowDataset(Dataset):
                     items += [(i, phase, st) for st in starts]
         self.items = np.asarray(items, dtype=np.int64).reshape(-1, 3)
 
+    def windows_per_sequence(self) -> np.ndarray:
+        """(num sequences,) how many items of this dataset belong to each sequence."""
+        return np.bincount(self.items[:, 0], minlength=len(self.seqs))
+
     def set_epoch(self, epoch: int) -> None:
         """Training randomness (jitter, noise) depends on (seed, epoch, item) only: resumable."""
         self.epoch = int(epoch)
@@ -158,26 +166,52 @@ def _mix(*ints: int) -> int:
 
 
 class Stitcher:
-    """Accumulates window logits back onto the frames of each sequence (mean over overlaps)."""
+    """Accumulates window logits back onto the frames of each sequence (mean over overlaps).
 
-    def __init__(self, seqs: list[Sequence], num_classes: int, gap: int, length: int):
-        self.seqs, self.gap, self.length = seqs, gap, length
-        self.sum = [np.zeros((s.num_frames, num_classes), dtype=np.float64) for s in seqs]
-        self.count = [np.zeros(s.num_frames, dtype=np.int64) for s in seqs]
+    With `on_done(seq_index, logits)` it works video by video: a sequence's (T, C) buffer is
+    allocated at its first window and handed over (then freed) as soon as all its windows
+    (`expected[seq]`, from the dataset) arrived, so memory holds only the sequences in
+    flight, never every frame's logits. Without it, `logits()` returns all of them at the end.
+    """
+
+    def __init__(self, seqs: list[Sequence], num_classes: int, gap: int, length: int,
+                 *, expected: np.ndarray | None = None, on_done=None):
+        self.seqs, self.gap, self.length, self.C = seqs, gap, length, num_classes
+        self.on_done = on_done
+        self.expected = expected
+        self.sum: dict[int, np.ndarray] = {}
+        self.count: dict[int, np.ndarray] = {}
+        self.seen = np.zeros(len(seqs), dtype=np.int64)
+        self.done: dict[int, np.ndarray] = {}
 
     def add(self, logits: np.ndarray, index: np.ndarray) -> None:
         """logits (B, L, C); index (B, 3) = (sequence, phase, start)."""
         for lg, (seq_i, phase, start) in zip(logits, index):
+            seq_i = int(seq_i)
+            if seq_i not in self.sum:
+                T = self.seqs[seq_i].num_frames
+                self.sum[seq_i] = np.zeros((T, self.C), dtype=np.float64)
+                self.count[seq_i] = np.zeros(T, dtype=np.int64)
             idx = phase + self.gap * (start + np.arange(self.length))
             ok = idx < self.seqs[seq_i].num_frames
             np.add.at(self.sum[seq_i], idx[ok], lg[ok])
             np.add.at(self.count[seq_i], idx[ok], 1)
+            self.seen[seq_i] += 1
+            if self.on_done is not None and self.expected is not None and self.seen[seq_i] == self.expected[seq_i]:
+                self.on_done(seq_i, self._finish(seq_i))
+
+    def _finish(self, seq_i: int) -> np.ndarray:
+        sm, c = self.sum.pop(seq_i), self.count.pop(seq_i)
+        if (c == 0).any():
+            raise RuntimeError(f"{self.seqs[seq_i].video_id}: {int((c == 0).sum())} frames received no prediction")
+        return sm / c[:, None]
 
     def logits(self) -> list[np.ndarray]:
         """Per sequence (T, C) mean logits; raises if a frame received no window."""
-        out = []
-        for s, sm, c in zip(self.seqs, self.sum, self.count):
-            if (c == 0).any():
-                raise RuntimeError(f"{s.video_id}: {int((c == 0).sum())} frames received no prediction")
-            out.append(sm / c[:, None])
-        return out
+        for i in range(len(self.seqs)):
+            if i not in self.sum:
+                if self.seen[i] == 0:
+                    raise RuntimeError(f"{self.seqs[i].video_id}: {self.seqs[i].num_frames} frames received no prediction")
+                continue
+            self.done[i] = self._finish(i)
+        return [self.done.pop(i) for i in range(len(self.seqs))]
