@@ -271,12 +271,16 @@ class FeatureStore:
             raise DataError(f"config key 'feature_store': '{self.root}' is not a directory; "
                             "point it at a directory (it is created) or set feature_store=none")
         if create:
-            try:
-                (self.root / "features").mkdir(parents=True, exist_ok=True)
-                (self.root / "datasets").mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise self._error("cannot create", e) from None
+            self.create()
         self.hits = self.misses = 0
+
+    def create(self) -> None:
+        """Make the store's directories (before the first write)."""
+        try:
+            (self.root / "features").mkdir(parents=True, exist_ok=True)
+            (self.root / "datasets").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise self._error("cannot create", e) from None
 
     def _error(self, what: str, e: OSError) -> DataError:
         why = {errno.ENOSPC: "no space left on the device", errno.EACCES: "permission denied",
@@ -358,6 +362,7 @@ class FeatureStore:
     def ensure(self, recs: list[Recording], pipeline: FeaturePipeline, *, workers: int = 0,
                contents: list[str] | None = None) -> list[str]:
         """Feature keys of `recs`, featurising (in `workers` processes) those not stored yet."""
+        self.create()
         spec = pipeline.spec()
         contents = contents or [content_hash(r) for r in recs]
         keys = [feature_key(c, spec) for c in contents]
@@ -506,9 +511,11 @@ def store_root(cfg) -> Path | None:
     return Path(cfg.output_dir) / "feature_store" if s == "auto" else Path(s)
 
 
-def open_store(cfg) -> FeatureStore | None:
+def open_store(cfg, *, create: bool = True) -> FeatureStore | None:
+    """The configured store, or None (feature_store=none); create=False: its directories are made
+    at the first write (a run that fails reading its data leaves nothing behind)."""
     root = store_root(cfg)
-    return FeatureStore(root) if root is not None else None
+    return FeatureStore(root, create=create) if root is not None else None
 
 
 # ----------------------------------------------------------------------------- data for training
@@ -590,7 +597,7 @@ def featurised_splits(cfg, *, names: list[str], params: dict, recordings=None) -
     """
     from trainer.data import load_splits, read_sides, split_videos
 
-    store = open_store(cfg)
+    store = open_store(cfg, create=False)
     workers = cfg.featurize_workers
     if recordings is None and cfg.data.split in KEYPOINT_SPLITS and not (cfg.data.val_path or cfg.val_data_dir):
         # these splits cut keypoints (StoredVideo has none): split in memory, then store the pieces by content
