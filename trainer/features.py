@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.data.recording import DataError, Recording
-from trainer.data.skeleton import ALIASES, find_part, norm_part
+from trainer.data.skeleton import find_named_part
 from trainer.features_pairwise import egocentric_pair, pair_geometry
 from trainer.features_rolling import rolling_stats
 
@@ -49,7 +49,7 @@ class PairPose:
         lacks falls through to the next name, and finally to the middle body part.
         """
         for n in names:
-            i = find_part(self.bodyparts, [norm_part(n), *ALIASES.get(n, [])])
+            i = find_named_part(self.bodyparts, n)
             if i is not None:
                 return i
         return len(self.bodyparts) // 2

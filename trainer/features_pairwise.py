@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.data.skeleton import ALIASES, find_part, norm_part
+from trainer.data.skeleton import find_named_part
 
 # --------------------------------------------------------------------------- array helpers
 
@@ -68,7 +68,7 @@ def scale_coordinates(xy: np.ndarray, *, pix_per_cm: float | None) -> np.ndarray
 def _point(pose, mouse: int, *names: str) -> np.ndarray:
     """(T, 2) the first of `names` (or a skeleton alias) tracked for `mouse` (0 agent, 1 target), else its mean position."""
     for n in names:
-        i = find_part(pose.bodyparts, [norm_part(n), *ALIASES.get(n, [])])
+        i = find_named_part(pose.bodyparts, n)
         if i is not None:
             return pose.xy[:, mouse, i]
     return pose.xy[:, mouse].mean(axis=1)

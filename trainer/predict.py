@@ -217,18 +217,16 @@ def load_models(paths: list[str], weights: list[float] | None = None) -> Predict
     """One --checkpoint -> its Predictor (or a CV run's Ensemble); several -> their weighted Ensemble."""
     if len(paths) == 1 and not weights:
         return Predictor.load(paths[0])
-    members = []
-    for p in paths:
-        m = Predictor.load(p)
-        members += m.members if isinstance(m, Ensemble) else [m]
     if weights and len(weights) != len(paths):
         raise ConfigError(f"--weights: one weight per --checkpoint ({len(paths)}), got {len(weights)}")
-    if weights:  # a CV run given one weight shares it among its folds
-        per = []
-        for p, w in zip(paths, weights):
-            n = len(Predictor.load(p).members) if (Path(p) / CV_PLAN).is_file() else 1
-            per += [w / n] * n
-        weights = per
+    members, per = [], []
+    for i, p in enumerate(paths):
+        m = Predictor.load(p)
+        parts = m.members if isinstance(m, Ensemble) else [m]
+        members += parts
+        if weights:  # a CV run given one weight shares it among its folds
+            per += [weights[i] / len(parts)] * len(parts)
+    weights = per or None
     return Ensemble(members, weights)
 
 

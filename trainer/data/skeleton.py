@@ -67,6 +67,11 @@ def find_part(bodyparts: list[str], aliases: list[str]) -> int | None:
     return None
 
 
+def find_named_part(bodyparts: list[str], name: str) -> int | None:
+    """Index of body part `name` or, for a canonical name, of its first alias present; else None."""
+    return find_part(bodyparts, [norm_part(name), *ALIASES.get(name, [])])
+
+
 def _mid(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a + b) / 2.0  # NaN if either is NaN: the next fallback then applies
 
