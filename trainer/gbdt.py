@@ -42,7 +42,7 @@ from trainer import checkpoint as ckpt_io
 from trainer.config import Config, ConfigError
 from trainer.engine import masked_argmax
 from trainer.metrics import frame_scores
-from trainer.models.gbdt import GBDTModel, TreeEnsemble
+from trainer.models.gbdt import ABSENT_LOGIT, GBDTModel, TreeEnsemble
 
 log = logging.getLogger("trainer")
 
@@ -181,15 +181,15 @@ def staged_scores(ens: TreeEnsemble, seqs, *, every: int, class_names: list[str]
     raw = [np.zeros((s.num_frames, ens.roots.shape[1])) + ens.baseline for s in seqs]
     xs = [np.asarray(s.x, dtype=np.float32) for s in seqs]  # s.x may be a row source: finish every row once
     stops = sorted({*range(every, ens.num_iterations, every), ens.num_iterations})
+    y = np.concatenate([s.y for s in seqs])
+    keep = y >= 0
     out, start = [], 0
     for stop in stops:
         for r, x in zip(raw, xs):
             r += ens.raw_predict(x, start, stop)
         start = stop
-        logits = [np.where(s.class_mask[None], ens.to_logits(r, C), -1e4) for r, s in zip(raw, seqs)]
-        y = np.concatenate([s.y for s in seqs])
+        logits = [np.where(s.class_mask[None], ens.to_logits(r, C), ABSENT_LOGIT) for r, s in zip(raw, seqs)]
         lg = np.concatenate(logits)
-        keep = y >= 0
         loss = float(-_log_softmax(lg[keep])[np.arange(keep.sum()), y[keep]].mean()) if keep.any() else 0.0
         pred = np.concatenate([masked_argmax(z, s.class_mask) for z, s in zip(logits, seqs)])
         out.append(dict(frame_scores(y, pred, class_names, background), val_loss=loss, iterations=stop))

@@ -502,9 +502,11 @@ def search_mabe_settings(
     solution = solution_frame(recs)
     best, best_score, table = None, -1.0, []
     for w in sorted(set(smooth_windows)):
+        # the threshold fit does not model min_bout: one fit per smoothing window serves every min_bout
+        trial = PostprocessSettings(**{**asdict(settings), "smooth_window": int(w)})
+        fitted_w, _ = fit_mabe_settings(recs, probs, class_names, trial, background=background)
         for b in sorted(set(min_bouts)):
-            trial = PostprocessSettings(**{**asdict(settings), "smooth_window": int(w), "min_bout": int(b)})
-            fitted, _ = fit_mabe_settings(recs, probs, class_names, trial, background=background)
+            fitted = PostprocessSettings(**{**asdict(fitted_w), "min_bout": int(b)})
             sub = mabe_submission(recs, postprocess_recordings(recs, probs, fitted, class_names, background=background),
                                   background=background)
             score = mabe_score(solution, sub) if len(solution) and len(sub) else 0.0

@@ -410,8 +410,8 @@ def resolve_run(cfg: Config) -> tuple[Path, Path | None]:
         return ck.parent.parent, ck
     if cfg.resume == "auto":
         run = out / cfg.name if cfg.name else _latest_resumable(out, cfg.checkpoint_dir)
-        if run is not None and ckpt_io.resolve(run, cfg.checkpoint_dir) is not None:
-            return run, ckpt_io.resolve(run, cfg.checkpoint_dir)
+        if run is not None and (ck := ckpt_io.resolve(run, cfg.checkpoint_dir)) is not None:
+            return run, ck
     run = out / (cfg.name or _auto_name(cfg))
     if not cfg.name:
         base, i = run, 1

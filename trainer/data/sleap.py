@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.common import check_fps, check_frame_count, check_tracking, list_files
+from trainer.data.common import check_fps, check_frame_count, check_tracking, drop_low_likelihood, list_files
 from trainer.data.pairing import explicit_pairs, label_recording, pair_by_name, read_annotations, unreadable
 from trainer.data.recording import DataError, Recording
 
@@ -283,8 +283,7 @@ def _video_arrays(file, video, lfs, tracks, nodes, *, single, min_likelihood, on
                 kp[lf.frame_idx, j], sc[lf.frame_idx, j] = inst.numpy(), 1.0
     if untracked:
         log.warning("%s: %d instance(s) without a track dropped (see docs/formats.md)", file, untracked)
-    if min_likelihood and min_likelihood > 0:
-        kp[sc < float(min_likelihood)] = np.nan
+    drop_low_likelihood(kp, sc, float(min_likelihood or 0.0))
     present = [j for j in range(M) if np.isfinite(kp[:, j]).any()]
     if not present:
         raise DataError(f"{file}: every instance of video {video.filename} has only missing nodes")
@@ -361,8 +360,7 @@ def _nwb_video(file, video, animals, *, min_likelihood, one_video) -> _Video:
             kp[f, m, nodes.index(node)] = xy
             if conf is not None:
                 sc[f, m, nodes.index(node)] = conf
-    if min_likelihood and min_likelihood > 0:
-        kp[sc < float(min_likelihood)] = np.nan
+    drop_low_likelihood(kp, sc, float(min_likelihood or 0.0))
     stem = Path(video).stem or file.stem
     v = _Video(file, stem, kp, sc, names, nodes, rate, [stem, file.stem] if one_video else [stem])
     check_tracking(kp, names, source=f"{file} ({stem})")

@@ -140,7 +140,7 @@ class WindowDataset(Dataset):
             idx = phase + self.gap * (start + np.arange(self.length))
         valid = idx < s.num_frames
         padded = not valid.all()  # only evaluation windows at a video's end; training windows fit
-        safe = np.where(valid, idx, 0) if padded else idx
+        safe = np.minimum(idx, s.num_frames - 1) if padded else idx  # padding re-reads the last frame: a short read
         x = torch.from_numpy(np.asarray(s.x[safe], dtype=np.float32))  # fancy indexing copies: safe to edit
         y = np.where(valid, s.y[safe], UNLABELLED) if padded else s.y[safe]
         if self.train and self.noise_std > 0:

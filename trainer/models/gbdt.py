@@ -77,23 +77,6 @@ class TreeEnsemble:
                 cells = cells[~self.is_leaf[nd]]
             out[r0:r0 + rows] = self.value[node].reshape(len(Xc), -1, K).sum(axis=1)
         return out
-        left = np.where(self.is_leaf, np.arange(len(self.left)), self.left)
-        right = np.where(self.is_leaf, np.arange(len(self.right)), self.right)
-        feature = np.where(self.is_leaf, 0, self.feature)
-        flat = roots.reshape(-1)
-        rows = max(1, chunk_cells // flat.size)
-        for r0 in range(0, N, rows):
-            Xc = np.asarray(X[r0:r0 + rows], dtype=np.float64)  # per chunk: a whole video in float64 is large
-            node = np.broadcast_to(flat, (len(Xc), flat.size)).copy()
-            ridx = np.arange(len(Xc))[:, None]
-            active = ~self.is_leaf[node]
-            while active.any():
-                x = Xc[ridx, feature[node]]
-                go_left = np.where(np.isnan(x), self.missing_left[node], x <= self.threshold[node])
-                node = np.where(go_left, left[node], right[node])
-                active = ~self.is_leaf[node]
-            out[r0:r0 + rows] = self.value[node].reshape(len(Xc), -1, K).sum(axis=1)
-        return out
 
     def logits(self, X: np.ndarray, num_classes: int, stop: int | None = None) -> np.ndarray:
         """(N, F) -> (N, num_classes) float64 logits whose softmax is the predicted probability."""
