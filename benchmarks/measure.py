@@ -1,10 +1,9 @@
 """What the benchmark suites share: the machine's description, timers, memory probes, the bare
 PyTorch step the trainer is compared with, and the results file.
 
-Every number a suite records comes from here: `time_windows` (median it/s over timed windows after
-warm-up), `PeakRSS` / `gpu_peak` (peak memory), `environment` (versions, hardware and load, so
-numbers from different machines can be compared) and `append_results` (the JSON file under
-benchmarks/results/).
+`time_windows` (median it/s over timed windows after warm-up), `PeakRSS` / `gpu_peak` (peak
+memory), `bare_step`, `environment` (versions, hardware and load, so numbers from different
+machines can be compared) and `append_results` (the JSON file under benchmarks/results/).
 """
 
 from __future__ import annotations
