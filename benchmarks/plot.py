@@ -24,6 +24,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocat
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import report  # noqa: E402
 from benchmarks.check_claims import RESULTS, load_records  # noqa: E402
 
 
@@ -121,43 +122,18 @@ def markdown_tables(records: list[dict], include_quick: bool = False) -> str:
     for m, by_key in sorted(series(records, include_quick).items()):
         for key, pts in sorted(by_key.items()):
             for b, r in sorted(pts.items()):
-                mem = r.get("peak_gpu_mem_allocated_mb")
-                mem = f"{mem:,.0f} GPU alloc / {r['peak_gpu_mem_reserved_mb']:,.0f} res" if mem else f"{r['peak_cpu_rss_mb']:,.0f} RSS"
-                per_cpu = r.get("it_per_cpu_s") or (r["it_per_s"] / r["cpu_share"] if r.get("device") == "cpu" else None)
-                lines.append(
-                    f"| {key[0]} | {key[4] or '-'} | {m} | {key[2]} | {b} | {key[3]} | {key[1]} | {r['it_per_s']:.3g} | "
-                    f"{r['samples_per_s']:.3g} | {r['frames_per_s']:,.0f} | {f'{per_cpu:.3g}' if per_cpu else '-'} | {mem} | "
-                    f"{r['parameters']:,} |")
+                cells = [key[0], key[4] or "-", m, key[2], b, key[3], key[1], *report.model_cells(r)]
+                lines.append("| " + " | ".join(map(str, cells)) + " |")
     newest: dict = {}
     for r in sorted(records, key=lambda r: r.get("timestamp", "")):
-        if r.get("suite") in ("overhead", "loader", "features", "predict", "scaling") and (include_quick or not r.get("quick")):
+        if r.get("suite") in report.RESULTS and (include_quick or not r.get("quick")):
             extra = r.get("num_workers") if r["suite"] == "loader" else r.get("video_frames")
             key = (r["device_name"], r.get("env", {}).get("torch_threads"), r["suite"], r.get("config"), extra)
             newest[key] = r
     lines += ["", "| device | threads | suite | config | result |", "|---|---|---|---|---|"]
     for (dev, thr, suite, cfg, _), r in sorted(newest.items(), key=lambda kv: [str(x) for x in kv[0]]):
-        lines.append(f"| {dev} | {thr} | {suite} | {cfg} | {pipeline_result(r)} |")
+        lines.append(f"| {dev} | {thr} | {suite} | {cfg} | {report.result(r, report.bold)} |")
     return "\n".join(lines)
-
-
-def pipeline_result(r: dict) -> str:
-    s = r["suite"]
-    if s == "overhead":
-        return (f"trainer {r['trainer_it_per_s']:.3g} it/s vs bare {r['bare_it_per_s']:.3g} it/s: ratio "
-                f"**{r['overhead_ratio']:.3f}** (IQR {r['overhead_ratio_iqr'][0]:.2f}-{r['overhead_ratio_iqr'][1]:.2f}; "
-                f"CPU-time {r['overhead_ratio_cpu']:.3f}), batch {r['batch_size']}, workers {r['num_workers']}")
-    if s == "loader":
-        return (f"{r['windows_per_s']:,.0f} windows/s vs model {r['model_samples_per_s']:,.0f}/s: ratio "
-                f"**{r['loader_ratio']:.1f}**, workers {r['num_workers']}")
-    if s == "features":
-        return f"**{r['frames_per_s']:,.0f}** pair-frames/s (transform), {r['fit_frames_per_s']:,.0f} (fit), {r['feature_dim']} features"
-    if s == "predict":
-        ratio = f"; 2x frames -> **{r['scaling_ratio']:.2f}x** time" if "scaling_ratio" in r else ""
-        return f"{r['video_frames']} frames: **{r['frames_per_s']:,.0f}** frames/s ({r['feature_s']:.2f} s of {r['time_s']:.2f} s features){ratio}"
-    if s == "scaling":
-        return (f"{r['videos']} -> {2 * r['videos']} videos: {r['time_s']:.1f} s -> {r['time_2x_s']:.1f} s, "
-                f"ratio **{r['scaling_ratio']:.2f}**" + (f" (CPU-time {r['scaling_ratio_cpu']:.2f})" if 'scaling_ratio_cpu' in r else ""))
-    return ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""One module per benchmark suite; benchmarks/bench_train.py runs them."""
