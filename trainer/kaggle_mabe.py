@@ -65,9 +65,9 @@ def mouse_text(value) -> str:
     return text if text.startswith("mouse") else f"mouse{value}"
 
 
-def pair_texts(agent: str, target: str) -> tuple[str, str]:
-    """(agent, target) id texts as a triple writes them: the target `self` when it is the agent."""
-    return agent, SELF if target == agent else target
+def target_text(agent: str, target: str) -> str:
+    """The target id text as a triple writes it: `self` when it is the agent's."""
+    return SELF if target == agent else target
 
 
 def join_triple(agent, target, action):
@@ -77,7 +77,8 @@ def join_triple(agent, target, action):
 
 def triple_text(agent: int, target: int, action: str) -> str:
     """The text form of a triple of mouse numbers: "mouse1,mouse2,sniff" / "mouse1,self,rear"."""
-    return join_triple(*pair_texts(mouse_text(agent), mouse_text(target)), action)
+    agent_text = mouse_text(agent)
+    return join_triple(agent_text, target_text(agent_text, mouse_text(target)), action)
 
 
 def parse_behaviors_labeled(value, *, source: str) -> list[tuple[int, int, str]]:
@@ -125,7 +126,7 @@ def video_solution(ann: pd.DataFrame, *, video_id, lab_id, behaviors_labeled: st
     return pd.DataFrame({
         "video_id": video_id,
         "agent_id": agent,
-        "target_id": [pair_texts(a, t)[1] for a, t in zip(agent, target, strict=True)],
+        "target_id": [target_text(a, t) for a, t in zip(agent, target, strict=True)],
         "action": ann["action"].astype(str).to_numpy(),
         "start_frame": ann["start_frame"].to_numpy(),
         "stop_frame": ann["stop_frame"].to_numpy(),
@@ -176,7 +177,7 @@ def submission_frame(recs: list[Recording], labels: list[np.ndarray], *, backgro
         allowed = set(rec.meta.get("behaviors_labeled") or [])
         for p, (a, t) in enumerate(rec.pairs):
             agent = _submission_id(rec, a)
-            target = SELF if a == t else _submission_id(rec, t)
+            target = SELF if a == t else _submission_id(rec, t)  # same mouse index, whatever its name
             for c, s, e in frames_to_intervals(y[:, p], background=background):
                 action = rec.class_names[c]
                 if allowed and join_triple(agent, target, action) not in allowed:
