@@ -28,8 +28,8 @@ import pandas as pd  # noqa: E402
 from trainer import predict  # noqa: E402
 from trainer.config import make_config  # noqa: E402
 from trainer.data import get_reader  # noqa: E402
+from trainer.data.common import frames_to_intervals  # noqa: E402
 from trainer.evaluate import evaluate_checkpoint  # noqa: E402
-from trainer.postprocess import frames_to_intervals  # noqa: E402
 from trainer.run import train  # noqa: E402
 
 log = logging.getLogger("roundtrip")

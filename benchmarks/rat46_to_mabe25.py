@@ -38,8 +38,9 @@ import pandas as pd  # noqa: E402
 
 from trainer.config import DataConfig  # noqa: E402
 from trainer.data import read_recordings  # noqa: E402
+from trainer.data.common import frames_to_intervals  # noqa: E402
 from trainer.data.recording import DataError, Recording  # noqa: E402
-from trainer.postprocess import frames_to_intervals  # noqa: E402
+from trainer.kaggle_mabe import ANNOTATION_COLUMNS, triple_text  # noqa: E402
 
 log = logging.getLogger("rat46_to_mabe25")
 REPO = Path(__file__).resolve().parent.parent
@@ -80,7 +81,7 @@ def tracking_table(kp: np.ndarray, bodyparts: list[str]) -> pd.DataFrame:
 def annotation_table(labels: np.ndarray, class_names: list[str], background: int) -> pd.DataFrame:
     """(T,) labels of the agent->target pair -> agent_id, target_id, action, start_frame, stop_frame."""
     rows = [(1, 2, class_names[c], s, e) for c, s, e in frames_to_intervals(labels, background=background)]
-    return pd.DataFrame(rows, columns=["agent_id", "target_id", "action", "start_frame", "stop_frame"]).astype(
+    return pd.DataFrame(rows, columns=ANNOTATION_COLUMNS).astype(
         {"agent_id": np.int64, "target_id": np.int64, "start_frame": np.int64, "stop_frame": np.int64})
 
 
@@ -120,7 +121,7 @@ def convert(dlc: str, annot: str, out: Path, *, lab: str = "rat46", fps: float =
             "video_height_pix": float(np.ceil(finite[:, 1].max())) if len(finite) else None,
             "arena_width_cm": None, "arena_height_cm": None, "arena_shape": None, "arena_type": None,
             "body_parts_tracked": json.dumps(list(rec.bodyparts)),
-            "behaviors_labeled": json.dumps([f"mouse1,mouse2,{c}" for c in CLASSES]),
+            "behaviors_labeled": json.dumps([triple_text(1, 2, c) for c in CLASSES]),
             "tracking_method": "DeepLabCut", "source_first_frame": lo,
         })
         rows.append(row)

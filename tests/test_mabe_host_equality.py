@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 from mabe_host_oracle import HostError, host_score, host_score_rows
 
-from trainer.metrics import SubmissionError, mabe_score, mabe_score_details
+from trainer.kaggle_mabe import SubmissionError
+from trainer.metrics import mabe_score, mabe_score_details
 
 COLS = ["video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame"]
 ERROR = "error"
@@ -338,13 +339,13 @@ def test_random_cases_equal_the_host():
           f"batch, {t_batch:.1f} s) in {took:.1f} s")
 
 
-def test_submissions_written_by_mabe_submission_are_host_valid(tmp_path):
-    """Random per-frame labels of mabe25 recordings -> mabe_submission -> the host accepts it and agrees."""
+def test_submissions_written_by_submission_frame_are_host_valid(tmp_path):
+    """Random per-frame labels of mabe25 recordings -> submission_frame -> the host accepts it and agrees."""
     from format_fixtures import write_mabe
 
     from trainer.config import DataConfig
-    from trainer.data.mabe25 import read_mabe25, solution_frame
-    from trainer.postprocess import mabe_submission
+    from trainer.data.mabe25 import read_mabe25
+    from trainer.kaggle_mabe import solution_frame, submission_frame
 
     write_mabe(tmp_path)
     recs = read_mabe25(str(tmp_path), data=DataConfig(), fps=30.0)
@@ -353,7 +354,7 @@ def test_submissions_written_by_mabe_submission_are_host_valid(tmp_path):
     for _ in range(30):
         labels = [[[rng.randrange(len(r.class_names)) if rng.random() < 0.5 else 0 for _ in r.pairs]
                    for _ in range(r.num_frames)] for r in recs]
-        sub = mabe_submission(recs, labels)
+        sub = submission_frame(recs, labels)
         if not len(sub):
             continue
         h = host(sol, sub)

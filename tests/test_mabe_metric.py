@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainer.metrics import SubmissionError, frame_scores, mabe_score, mabe_score_details
+from trainer.kaggle_mabe import SubmissionError
+from trainer.metrics import frame_scores, mabe_score, mabe_score_details
 
 COLS = ["video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame"]
 

@@ -8,8 +8,10 @@ import pytest
 from format_fixtures import write_mabe
 
 from trainer.config import DataConfig
-from trainer.data.mabe25 import read_mabe25, solution_frame
+from trainer.data.common import frames_to_intervals, runs
+from trainer.data.mabe25 import read_mabe25
 from trainer.data.recording import Recording
+from trainer.kaggle_mabe import solution_frame, submission_frame
 from trainer.metrics import mabe_score
 from trainer.postprocess import (
     PostprocessSettings,
@@ -17,15 +19,12 @@ from trainer.postprocess import (
     fill_gaps,
     fit_mabe_settings,
     fit_thresholds,
-    frames_to_intervals,
     intervals_table,
     intervals_to_frames,
     lab_score_from_labels,
-    mabe_submission,
     postprocess_probs,
     remove_short_bouts,
     restrict_to_mask,
-    runs,
     search_mabe_settings,
     smooth_probs,
 )
@@ -107,7 +106,7 @@ def _mabe_recs(tmp_path):
 
 def test_submission_from_true_labels_scores_one(tmp_path):
     recs = _mabe_recs(tmp_path)
-    sub = mabe_submission(recs, [r.labels for r in recs])
+    sub = submission_frame(recs, [r.labels for r in recs])
     assert list(sub.columns) == ["row_id", "video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame"]
     assert sub["row_id"].tolist() == list(range(len(sub)))
     assert set(sub["agent_id"]) <= {"mouse1", "mouse2"} and "self" in set(sub["target_id"])
@@ -126,7 +125,7 @@ def test_submission_drops_non_whitelisted_triples(tmp_path):
     C = {n: i for i, n in enumerate(r.class_names)}
     p_sniff = r.pairs.index((0, 1))
     y[20:25, p_sniff] = C["attack"]  # mouse1->mouse2 attack is not in behaviors_labeled
-    sub = mabe_submission([r], [y])
+    sub = submission_frame([r], [y])
     assert not ((sub["agent_id"] == "mouse1") & (sub["target_id"] == "mouse2") & (sub["action"] == "attack")).any()
     assert len(sub) == 4
 
@@ -177,7 +176,7 @@ def _lab_case(tmp_path, rng):
 def _host_score(recs, probs, settings):
     labels = [np.stack([settings.apply(pr, r.class_names, class_mask=r.label_mask[k], lab=r.meta["lab_id"])
                         for k, pr in enumerate(per_pair)], axis=1) for r, per_pair in zip(recs, probs, strict=True)]
-    return mabe_score(solution_frame(recs), mabe_submission(recs, labels))
+    return mabe_score(solution_frame(recs), submission_frame(recs, labels))
 
 
 def test_lab_score_from_labels_counts_predicted_absent_actions():

@@ -10,9 +10,9 @@ from format_fixtures import write_dlc
 
 from benchmarks import rat46_to_mabe25 as conv
 from trainer.config import DataConfig
-from trainer.data.mabe25 import read_mabe25, solution_frame
+from trainer.data.mabe25 import read_mabe25
+from trainer.kaggle_mabe import solution_frame, submission_frame
 from trainer.metrics import mabe_score
-from trainer.postprocess import mabe_submission
 
 CALTECH = (
     "Caltech Behavior Annotator - Annotation File\n\nConfiguration file:\n"
@@ -51,7 +51,7 @@ def test_layout_round_trips_through_the_mabe25_reader(tmp_path):
     # DLC x of individual1's "top" on source frame 10 is frame 0 here (float32 pixels)
     assert np.allclose(r.keypoints[0, 0, 0], v11[10, :2], atol=1e-3)
     assert np.allclose(r.keypoints[5, 1, 2], v11[15, 15:17], atol=1e-3)
-    sub = mabe_submission(recs, [x.labels for x in recs])
+    sub = submission_frame(recs, [x.labels for x in recs])
     assert mabe_score(solution_frame(recs), sub) == 1.0
 
 

@@ -87,7 +87,8 @@ def test_train_predict_score(tmp_path, writer):
         assert list(sub.columns) == ["row_id", "video_id", "agent_id", "target_id", "action", "start_frame",
                                      "stop_frame"]
         from trainer.config import DataConfig
-        from trainer.data.mabe25 import read_mabe25, solution_frame
+        from trainer.data.mabe25 import read_mabe25
+        from trainer.kaggle_mabe import solution_frame
 
         truth = solution_frame(read_mabe25(predict_input, data=DataConfig(), fps=30.0))
         if len(sub):  # a valid submission: scoring raises on overlaps or malformed rows

@@ -33,14 +33,13 @@ import numpy as np
 
 from trainer.config import ConfigError
 from trainer.data.calms21 import npy_consent
-from trainer.data.mabe25 import solution_frame
 from trainer.data.recording import UNLABELLED, DataError
+from trainer.kaggle_mabe import solution_frame, submission_frame
 from trainer.metrics import frame_scores, mabe_score_details
 from trainer.postprocess import (
     PostprocessSettings,
     fit_mabe_settings,
     fit_settings,
-    mabe_submission,
     search_mabe_settings,
 )
 from trainer.predict import (
@@ -63,7 +62,7 @@ def scores_of(recs, labels: list[np.ndarray], pred: Predictor) -> dict:
     out = {"frames": frame_scores(y_true, y_pred, pred.class_names, pred.class_names[pred.background])}
     if all(r.meta.get("format") == "mabe25" for r in recs):
         solution = solution_frame(recs)
-        submission = mabe_submission(recs, labels, background=pred.background)
+        submission = submission_frame(recs, labels, background=pred.background)
         if len(solution) and len(submission):
             out["mabe"] = mabe_score_details(solution, submission)
         else:

@@ -8,16 +8,17 @@ accuracy is reported but never the headline.
 its quirks (tests/test_mabe_host_equality.py checks it against a literal re-implementation):
 per lab, per action, frames pooled over the lab's videos, only the triples a video's
 `behaviors_labeled` whitelists, every predicted whitelisted action counted in its lab.
+Its tables are read and checked as the host reads them by `trainer.kaggle_mabe.host_rows`;
+the frame arithmetic is here.
 """
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 
-from trainer.data.recording import UNLABELLED, DataError
+from trainer.data.recording import UNLABELLED
+from trainer.kaggle_mabe import SubmissionError, describe_pair, host_rows, key_action
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -72,72 +73,6 @@ def scores_from_confusion(cm: np.ndarray, class_names: list[str], background: st
 
 
 # --------------------------------------------------------------------------- MABe-2025 score
-
-MABE_COLUMNS = ["video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame"]
-
-
-class SubmissionError(DataError):
-    """The host's scorer would reject this solution/submission (one line; CLIs exit 2)."""
-
-
-def _text(values: pd.Series) -> np.ndarray:
-    """Ids as the host compares them: str(value) ("1" != "mouse1", 44 -> "44")."""
-    return np.array(list(map(str, values.to_numpy())), dtype=object).reshape(len(values))
-
-
-def _integer_rows(values: pd.Series) -> np.ndarray:
-    """(N,) bool: the value is an integer (not bool, not float - the host's range() rejects floats)."""
-    if pd.api.types.is_bool_dtype(values):
-        return np.zeros(len(values), dtype=bool)
-    if pd.api.types.is_integer_dtype(values):
-        return ~values.isna().to_numpy()  # nullable Int64 may hold NA
-    if values.dtype == object:
-        return np.array([isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values],
-                        dtype=bool)
-    return np.zeros(len(values), dtype=bool)
-
-
-def _as_float(values: pd.Series) -> np.ndarray:
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        return values.to_numpy(dtype=np.float64, na_value=np.nan)
-    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
-
-
-def _frame_columns(df: pd.DataFrame, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(start, stop, integer) per row; stop < start anywhere is an error, as for the host.
-
-    Non-integer rows get start = stop = 0 and integer = False: the host only fails on them
-    when it scores the row, so the caller decides (see `_require_integers`).
-    """
-    s_num, e_num = (_as_float(df[c]) for c in ("start_frame", "stop_frame"))
-    reversed_ = e_num < s_num
-    if reversed_.any():
-        i = int(np.argmax(reversed_))
-        raise SubmissionError(f"{what} row {i}: stop_frame {df['stop_frame'].iat[i]} < start_frame "
-                              f"{df['start_frame'].iat[i]} (the host rejects this)")
-    ok = _integer_rows(df["start_frame"]) & _integer_rows(df["stop_frame"])
-    start = np.zeros(len(df), dtype=np.int64)
-    stop = np.zeros(len(df), dtype=np.int64)
-    start[ok] = df["start_frame"].to_numpy()[ok].astype(np.int64)
-    stop[ok] = df["stop_frame"].to_numpy()[ok].astype(np.int64)
-    return start, stop, ok
-
-
-def _require_integers(ok: np.ndarray, df: pd.DataFrame, rows: np.ndarray, what: str) -> None:
-    bad = rows[~ok[rows]]
-    if len(bad):
-        i = int(bad[0])
-        raise SubmissionError(f"{what} row {i}: start_frame/stop_frame must be integers, got "
-                              f"{df['start_frame'].iat[i]}, {df['stop_frame'].iat[i]} (the host rejects this)")
-
-
-def _whitelist(value, where: str) -> set:
-    """behaviors_labeled JSON text -> the set the host tests "agent,target,action" against."""
-    try:
-        return set(json.loads(value))
-    except (TypeError, ValueError):
-        raise SubmissionError(f"{where}: behaviors_labeled {value!r} is not a JSON list of "
-                              "\"agent,target,action\" strings (the host rejects this)") from None
 
 
 def _coverage(unit: np.ndarray, start: np.ndarray, stop: np.ndarray, channel: np.ndarray,
@@ -236,82 +171,29 @@ def mabe_score_details(
         {"score": float, "labs": {lab_id: {"score", "f1": {action: f},
         "tp"/"fp"/"fn": {action: frames}}}}.
     """
-    if solution is None or len(solution) == 0:
-        raise SubmissionError("empty solution: nothing to score against (the host rejects this)")
-    if submission is None or len(submission) == 0:
-        raise SubmissionError("empty submission: no predicted intervals (the host rejects this)")
-    for df, what in ((solution, "solution"), (submission, "submission")):
-        missing = [c for c in MABE_COLUMNS if c not in df.columns]
-        if missing:
-            raise SubmissionError(f"{what}: missing column '{missing[0]}' (needs {', '.join(MABE_COLUMNS)})")
-    if videos is not None:
-        for col in ("video_id", "lab_id", "behaviors_labeled"):
-            if col not in videos.columns:
-                raise SubmissionError(f"videos table: missing column '{col}'")
-        info = videos.assign(video_id=_text(videos["video_id"])).drop_duplicates("video_id").set_index("video_id")
-        vids = _text(solution["video_id"])
-        unknown = sorted(set(vids) - set(info.index))
-        if unknown:
-            raise SubmissionError(f"solution video {unknown[0]} has no row in the videos table")
-        labs = _text(info.loc[vids, "lab_id"])
-        bl = info.loc[vids, "behaviors_labeled"].to_numpy(dtype=object)
-    else:
-        for col in ("lab_id", "behaviors_labeled"):
-            if col not in solution.columns:
-                raise SubmissionError(f"solution: missing column '{col}' (or pass videos=train.csv table)")
-        labs = _text(solution["lab_id"])
-        bl = solution["behaviors_labeled"].to_numpy(dtype=object)
-
-    s_start, s_stop, s_int = _frame_columns(solution, "solution")
-    p_start, p_stop, p_int = _frame_columns(submission, "submission")
-    _require_integers(s_int, solution, np.arange(len(solution)), "solution")
-    s_vid, s_agent, s_target, s_action = (_text(solution[c]) for c in ("video_id", "agent_id", "target_id", "action"))
-    # whitelist of each (lab, video): the video's first solution row in that lab, as the host
-    white: dict[tuple, set] = {}
-    labs_of: dict[str, list] = {}
-    for lab, vid, value in zip(labs, s_vid, bl, strict=True):
-        if (lab, vid) not in white:
-            white[(lab, vid)] = _whitelist(value, f"solution video {vid}")
-            labs_of.setdefault(vid, []).append(lab)
-
-    # kept submission rows: video in the solution and "agent,target,action" whitelisted
-    # there (once per lab holding the video; a video normally has one lab)
-    p_vid, p_agent, p_target, p_action = (_text(submission[c]) for c in ("video_id", "agent_id", "target_id", "action"))
-    triple = p_agent + "," + p_target + "," + p_action
-    kept_rows, kept_labs = [], []
-    for i, (vid, tr) in enumerate(zip(p_vid, triple, strict=True)):
-        for lab in labs_of.get(vid, ()):
-            if tr in white[(lab, vid)]:
-                kept_rows.append(i)
-                kept_labs.append(lab)
-    rows = np.asarray(kept_rows, dtype=np.int64)
-    _require_integers(p_int, submission, rows, "submission")
-
-    # units = (lab, key); the key text as the host builds it, its action = text after the last "_"
-    n_sol = len(solution)
-    unit_lab = np.concatenate([labs, np.asarray(kept_labs, dtype=object)])
-    unit_key = np.concatenate([s_vid + "_" + s_agent + "_" + s_target + "_" + s_action,
-                               (p_vid + "_" + p_agent + "_" + p_target + "_" + p_action)[rows]])
+    truth, pred = host_rows(solution, submission, videos=videos)
+    # units = (lab, key); a unit's action is read from its key, as the host does
+    n_sol = len(truth.key)
+    unit_lab = np.concatenate([truth.lab, pred.lab])
+    unit_key = np.concatenate([truth.key, pred.key])
     codes, uniq = pd.factorize(unit_lab + "\x1f" + unit_key)
     codes = codes.astype(np.int64)
     n_units = len(uniq)
     first = np.zeros(n_units, dtype=np.int64)
     first[codes[::-1]] = np.arange(len(codes))[::-1]
     u_lab = unit_lab[first]
-    u_action = np.array([k.rsplit("_", 1)[-1] for k in unit_key[first]], dtype=object)
+    u_action = key_action(unit_key[first])
 
-    if len(rows):
-        pair_id, pair_uniq = pd.factorize(unit_lab[n_sol:] + "\x1f" + p_vid[rows] + "\x1f"
-                                          + p_agent[rows] + "," + p_target[rows])
+    if len(pred.key):
+        pair_id, pair_uniq = pd.factorize(pred.pair)
         key_pair = np.zeros(n_units, dtype=np.int64)
         key_pair[codes[n_sol:]] = pair_id
-        where = ["lab {}, video {}, agent,target {}".format(*p.split("\x1f")) for p in pair_uniq]
-        _check_one_action_per_frame(codes[n_sol:], key_pair, p_start[rows], p_stop[rows], p_action[rows],
-                                    where)
+        _check_one_action_per_frame(codes[n_sol:], key_pair, pred.start, pred.stop, pred.action,
+                                    [describe_pair(p) for p in pair_uniq])
 
-    start = np.concatenate([s_start, p_start[rows]])
-    stop = np.concatenate([s_stop, p_stop[rows]])
-    channel = np.concatenate([np.zeros(n_sol, dtype=np.int64), np.ones(len(rows), dtype=np.int64)])
+    start = np.concatenate([truth.start, pred.start])
+    stop = np.concatenate([truth.stop, pred.stop])
+    channel = np.concatenate([np.zeros(n_sol, dtype=np.int64), np.ones(len(pred.key), dtype=np.int64)])
     pos, u, cnt = _coverage(codes, start, stop, channel, n_units, 2)
     seg = _segments(pos, u)
     t_on, p_on = cnt[:-1, 0] > 0, cnt[:-1, 1] > 0

@@ -10,9 +10,8 @@ Typical chain for one (video, pair), probabilities (T, C) with the background at
 
 `postprocess_probs` runs the whole chain; `PostprocessSettings` holds its parameters (saved
 as `postprocess.json` next to a checkpoint by `python -m trainer.evaluate --fit-postprocess`
-and used by `python -m trainer.predict`). `mabe_submission` turns per-frame labels of
-mabe25 recordings into the Kaggle CSV (only whitelisted triples, one action per pair and
-frame by construction).
+and used by `python -m trainer.predict`). Numbers only: the Kaggle submission of the
+labels is written by `trainer.kaggle_mabe.submission_frame`.
 """
 
 from __future__ import annotations
@@ -24,35 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainer.data.common import paint_intervals
-from trainer.data.mabe25 import solution_frame
+from trainer.data.common import frames_to_intervals, paint_intervals, runs
 from trainer.data.recording import UNLABELLED, DataError, Recording
+from trainer.kaggle_mabe import solution_frame, submission_frame
 from trainer.metrics import mabe_score
 
-# --------------------------------------------------------------------------- runs and intervals
-
-
-def runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Maximal runs of equal values in (T,) labels: (starts, stops, values); stops exclusive."""
-    y = np.asarray(labels)
-    if y.size == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, y[:0]
-    change = np.flatnonzero(y[1:] != y[:-1]) + 1
-    starts = np.concatenate([[0], change])
-    stops = np.concatenate([change, [len(y)]])
-    return starts, stops, y[starts]
-
-
-def frames_to_intervals(labels: np.ndarray, *, background: int = 0) -> list[tuple[int, int, int]]:
-    """(T,) int labels -> [(class, start_frame, stop_frame)] for every non-background run.
-
-    Frames labelled `background` or -1 (unlabelled) produce no interval; stop is exclusive,
-    as in the MABe-2025 format.
-    """
-    starts, stops, values = runs(labels)
-    keep = (values != background) & (values != UNLABELLED)
-    return [(int(v), int(s), int(e)) for s, e, v in zip(starts[keep], stops[keep], values[keep], strict=True)]
+# --------------------------------------------------------------------------- intervals
 
 
 def intervals_to_frames(
@@ -209,11 +185,6 @@ def postprocess_probs(
 # --------------------------------------------------------------------------- tables
 
 
-def _mouse_text(rec: Recording, m: int) -> str:
-    name = str(rec.mouse_ids[m])
-    return name if name.startswith("mouse") else f"mouse{m + 1}"
-
-
 def intervals_table(recs: list[Recording], labels: list[np.ndarray], *, background: int = 0) -> pd.DataFrame:
     """Interval table of every format: video_id, agent, target, action, start_frame, stop_frame.
 
@@ -228,36 +199,6 @@ def intervals_table(recs: list[Recording], labels: list[np.ndarray], *, backgrou
             for c, s, e in frames_to_intervals(y[:, p], background=background):
                 rows.append((rec.video_id, rec.mouse_ids[a], rec.mouse_ids[t], rec.class_names[c], s, e))
     return pd.DataFrame(rows, columns=["video_id", "agent", "target", "action", "start_frame", "stop_frame"])
-
-
-def mabe_submission(recs: list[Recording], labels: list[np.ndarray], *, background: int = 0) -> pd.DataFrame:
-    """Kaggle MABe-2025 submission from per-frame labels of mabe25 recordings.
-
-    Args:
-        recs: mabe25 recordings (meta["behaviors_labeled"] lists the whitelisted triples).
-        labels: per recording (T, P) int labels, one column per rec.pairs entry.
-
-    Returns:
-        DataFrame row_id, video_id, agent_id, target_id, action, start_frame, stop_frame;
-        ids written `mouse<N>`, target `self` when it is the agent; only triples in the
-        video's behaviors_labeled (all triples when it has none); no two actions of one
-        pair share a frame because each pair has one label per frame.
-    """
-    rows = []
-    for rec, y in zip(recs, labels, strict=True):
-        y = np.asarray(y).reshape(rec.num_frames, -1)
-        allowed = set(rec.meta.get("behaviors_labeled") or [])
-        for p, (a, t) in enumerate(rec.pairs):
-            agent = _mouse_text(rec, a)
-            target = "self" if a == t else _mouse_text(rec, t)
-            for c, s, e in frames_to_intervals(y[:, p], background=background):
-                action = rec.class_names[c]
-                if allowed and f"{agent},{target},{action}" not in allowed:
-                    continue
-                rows.append((rec.video_id, agent, target, action, s, e))
-    df = pd.DataFrame(rows, columns=["video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame"])
-    df.insert(0, "row_id", np.arange(len(df), dtype=np.int64))
-    return df
 
 
 # --------------------------------------------------------------------------- settings
@@ -507,7 +448,7 @@ def search_mabe_settings(
         fitted_w, _ = fit_mabe_settings(recs, probs, class_names, trial, background=background)
         for b in sorted(set(min_bouts)):
             fitted = PostprocessSettings(**{**asdict(fitted_w), "min_bout": int(b)})
-            sub = mabe_submission(recs, postprocess_recordings(recs, probs, fitted, class_names, background=background),
+            sub = submission_frame(recs, postprocess_recordings(recs, probs, fitted, class_names, background=background),
                                   background=background)
             score = mabe_score(solution, sub) if len(solution) and len(sub) else 0.0
             table.append({"smooth_window": int(w), "min_bout": int(b), "score": score})

@@ -48,8 +48,9 @@ from trainer.data.windows import WindowDataset, make_sequences
 from trainer.ema import FILE as EMA_FILE
 from trainer.engine import predict_logits
 from trainer.features import FeaturePipeline
+from trainer.kaggle_mabe import submission_frame
 from trainer.models import build_model
-from trainer.postprocess import PostprocessSettings, intervals_table, mabe_submission, postprocess_recordings
+from trainer.postprocess import PostprocessSettings, intervals_table, postprocess_recordings
 from trainer.rundir import one_line_errors, remove_quietly, storage_error
 
 log = logging.getLogger("trainer.predict")
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(intervals_table(recs, labels, background=pred.background), intervals)
     if all(r.meta.get("format") == "mabe25" for r in recs):
         sub = out.with_name(f"{out.stem}_submission.csv")
-        write_csv(mabe_submission(recs, labels, background=pred.background), sub)
+        write_csv(submission_frame(recs, labels, background=pred.background), sub)
         log.info("wrote the Kaggle submission %s", sub)
     png = out.with_name(f"{out.stem}_ethogram.png")
     save_ethogram(png, recs, probs, pred.class_names, background=pred.class_names[pred.background])

@@ -20,15 +20,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from trainer.data.mabe25 import ANNOTATION_COLUMNS, locate, read_video_table
+from trainer.data.mabe25 import locate, read_annotation_table, read_video_table
 from trainer.data.recording import DataError
+from trainer.kaggle_mabe import video_solution
 from trainer.metrics import mabe_score_details
 
 log = logging.getLogger("trainer.score_submission")
 
 
 def solution_from_layout(path: str) -> pd.DataFrame:
-    """Truth intervals of a MABe-2025 train layout in the scorer's form (see solution_frame)."""
+    """Truth intervals of a MABe-2025 train layout in the scorer's form (kaggle_mabe.SOLUTION_COLUMNS):
+    every video with behaviors_labeled and an annotation file, ids and frames as stored."""
     root, split, csv_path, _ = locate(path)
     table = read_video_table(csv_path)
     parts = []
@@ -39,25 +41,8 @@ def solution_from_layout(path: str) -> pd.DataFrame:
         file = root / f"{split}_annotation" / str(row.lab_id) / f"{row.video_id}.parquet"
         if not file.is_file():
             continue
-        try:
-            ann = pd.read_parquet(file)
-        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for corrupt files
-            raise DataError(f"{file}: cannot read as parquet ({type(e).__name__}: {e})") from None
-        missing = [c for c in ANNOTATION_COLUMNS if c not in ann.columns]
-        if missing:
-            raise DataError(f"{file}: missing column '{missing[0]}' (annotations need {ANNOTATION_COLUMNS})")
-        agent = [f"mouse{a}" if not str(a).startswith("mouse") else str(a) for a in ann["agent_id"]]
-        target = [f"mouse{t}" if not str(t).startswith("mouse") else str(t) for t in ann["target_id"]]
-        parts.append(pd.DataFrame({
-            "video_id": str(row.video_id),
-            "agent_id": agent,
-            "target_id": ["self" if a == t else t for a, t in zip(agent, target, strict=True)],
-            "action": ann["action"].astype(str).to_numpy(),
-            "start_frame": ann["start_frame"].to_numpy(),
-            "stop_frame": ann["stop_frame"].to_numpy(),
-            "lab_id": str(row.lab_id),
-            "behaviors_labeled": bl,
-        }))
+        parts.append(video_solution(read_annotation_table(file), video_id=str(row.video_id),
+                                    lab_id=str(row.lab_id), behaviors_labeled=bl))
     if not parts:
         raise DataError(f"{csv_path}: no annotated video (behaviors_labeled + annotation file) to score against")
     return pd.concat(parts, ignore_index=True)

@@ -1,4 +1,4 @@
-"""Helpers shared by the file readers: file listing, class lists, interval painting.
+"""Helpers shared by the file readers: file listing, class lists, interval painting and runs.
 
 The one rule every reader follows for multi-label annotations lives here
 (`paint_intervals`): a `Recording` holds ONE class per frame and (agent, target) pair
@@ -169,6 +169,29 @@ def paint_pair(
     return labels
 
 
+def runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximal runs of equal values in (T,) labels: (starts, stops, values); stops exclusive."""
+    y = np.asarray(labels)
+    if y.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, y[:0]
+    change = np.flatnonzero(y[1:] != y[:-1]) + 1
+    starts = np.concatenate([[0], change])
+    stops = np.concatenate([change, [len(y)]])
+    return starts, stops, y[starts]
+
+
+def frames_to_intervals(labels: np.ndarray, *, background: int = 0) -> list[tuple[int, int, int]]:
+    """(T,) int labels -> [(class, start_frame, stop_frame)] for every non-background run.
+
+    Frames labelled `background` or -1 (unlabelled) produce no interval; stop is exclusive,
+    as in the MABe-2025 format.
+    """
+    starts, stops, values = runs(labels)
+    keep = (values != background) & (values != UNLABELLED)
+    return [(int(v), int(s), int(e)) for s, e, v in zip(starts[keep], stops[keep], values[keep], strict=True)]
+
+
 def drop_low_likelihood(keypoints: np.ndarray, likelihood: np.ndarray | None, threshold: float) -> np.ndarray:
     """Set keypoints (T, M, B, 2) to NaN where likelihood (T, M, B) < threshold (in place)."""
     if likelihood is not None and threshold > 0:
@@ -200,7 +223,9 @@ __all__ = [
     "class_list",
     "clip_intervals",
     "drop_low_likelihood",
+    "frames_to_intervals",
     "list_files",
     "paint_intervals",
     "paint_pair",
+    "runs",
 ]

@@ -16,7 +16,8 @@ ignore masked classes instead of counting them as negatives. Train videos withou
 `behaviors_labeled` (unannotated extra data) are skipped with a log line.
 
 Tracking is pivoted with numpy indexing (no loop over rows); one video is read at a time,
-so a lab is never held in memory twice.
+so a lab is never held in memory twice. The competition's grammar (triples, ids, `self`)
+and the scorer's solution table live in trainer/kaggle_mabe.py.
 """
 
 from __future__ import annotations
@@ -38,13 +39,12 @@ from trainer.data.common import (
     paint_pair,
 )
 from trainer.data.recording import UNLABELLED, DataError, Recording
+from trainer.kaggle_mabe import ANNOTATION_COLUMNS, mouse_number, parse_behaviors_labeled, triple_text
 
 log = logging.getLogger(__name__)
 
 TRACKING_COLUMNS = ["video_frame", "mouse_id", "bodypart", "x", "y"]
-ANNOTATION_COLUMNS = ["agent_id", "target_id", "action", "start_frame", "stop_frame"]
 VIDEO_COLUMNS = ["lab_id", "video_id", "frames_per_second"]
-SUBMISSION_COLUMNS = ["row_id", "video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame"]
 
 
 def read_mabe25(path: str, *, data, fps: float) -> list[Recording]:
@@ -147,42 +147,6 @@ def read_video_table(csv_path: Path) -> pd.DataFrame:
         if col not in table.columns:
             table[col] = None
     return table
-
-
-def mouse_number(value, *, source: str) -> int:
-    """1 for 1, "1", "mouse1"; DataError otherwise."""
-    m = re.fullmatch(r"(?:mouse)?\s*(\d+)", str(value).strip())
-    if not m:
-        raise DataError(f"{source}: mouse id '{value}' is neither a number nor 'mouse<N>'")
-    return int(m.group(1))
-
-
-def triple_text(agent: int, target: int, action: str) -> str:
-    """The scorer's text form of a triple: "mouse1,mouse2,sniff" / "mouse1,self,rear"."""
-    return f"mouse{agent},{'self' if target == agent else f'mouse{target}'},{action}"
-
-
-def parse_behaviors_labeled(value, *, source: str) -> list[tuple[int, int, str]]:
-    """The JSON list of "agent,target,action" strings -> sorted unique (agent, target, action)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() in ("", "[]"):
-        return []
-    items = value
-    if isinstance(value, str):
-        try:
-            items = json.loads(value)
-        except json.JSONDecodeError:
-            raise DataError(f"{source}: behaviors_labeled is not a JSON list of \"agent,target,action\"") from None
-    if not isinstance(items, list | tuple | np.ndarray):
-        raise DataError(f"{source}: behaviors_labeled is {value!r}, not a JSON list of \"agent,target,action\"")
-    out = set()
-    for item in items:
-        parts = [s.strip() for s in str(item).split(",")]
-        if len(parts) != 3:
-            raise DataError(f"{source}: behaviors_labeled entry '{item}' is not \"agent,target,action\"")
-        agent = mouse_number(parts[0], source=source)
-        target = agent if parts[1] == "self" else mouse_number(parts[1], source=source)
-        out.add((agent, target, parts[2]))
-    return sorted(out)
 
 
 # --------------------------------------------------------------------------- one video
@@ -360,6 +324,18 @@ def _report_duplicates(file, frames, m_idx, b_idx, numbers, bodyparts) -> None:
                     file, int((counts - 1).sum()), int(frames[i]), int(numbers[m_idx[i]]), bodyparts[b_idx[i]])
 
 
+def read_annotation_table(file: Path) -> pd.DataFrame:
+    """One annotation parquet as stored (ANNOTATION_COLUMNS checked, values untouched)."""
+    try:
+        ann = pd.read_parquet(file)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for corrupt files
+        raise DataError(f"{file}: cannot read as parquet ({type(e).__name__}: {e})") from None
+    missing = [c for c in ANNOTATION_COLUMNS if c not in ann.columns]
+    if missing:
+        raise DataError(f"{file}: missing column '{missing[0]}' (annotations need {ANNOTATION_COLUMNS})")
+    return ann
+
+
 def read_annotation(file: Path, *, T: int, numbers: set) -> pd.DataFrame:
     """One annotation parquet -> DataFrame(agent_id, target_id, action, start_frame, stop_frame).
 
@@ -368,14 +344,7 @@ def read_annotation(file: Path, *, T: int, numbers: set) -> pd.DataFrame:
     """
     if not file.is_file():
         raise DataError(f"{file}: annotation file not found (the video has behaviors_labeled in the csv)")
-    try:
-        ann = pd.read_parquet(file)
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"{file}: cannot read as parquet ({type(e).__name__}: {e})") from None
-    missing = [c for c in ANNOTATION_COLUMNS if c not in ann.columns]
-    if missing:
-        raise DataError(f"{file}: missing column '{missing[0]}' (annotations need {ANNOTATION_COLUMNS})")
-    ann = ann[ANNOTATION_COLUMNS].copy()
+    ann = read_annotation_table(file)[ANNOTATION_COLUMNS].copy()
     if ann.empty:
         return ann.astype({"agent_id": int, "target_id": int, "start_frame": int, "stop_frame": int})
     for col in ("agent_id", "target_id"):
@@ -409,29 +378,3 @@ def read_annotation(file: Path, *, T: int, numbers: set) -> pd.DataFrame:
     ann = ann.iloc[keep].copy()
     ann["stop_frame"] = [e for _, e, _ in ivs]
     return ann.reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------- solution table
-
-
-def solution_frame(recs: list[Recording]) -> pd.DataFrame:
-    """Ground-truth intervals of mabe25 recordings in the scorer's form.
-
-    Returns a DataFrame with video_id, agent_id, target_id ("mouse<N>" / "self"), action,
-    start_frame, stop_frame, lab_id, behaviors_labeled (JSON list) - the input
-    `trainer.metrics.mabe_score` expects as `solution`. Uses the raw annotation table
-    (meta["intervals"]), so overlapping truth bouts are scored as annotated.
-    """
-    rows = []
-    for r in recs:
-        ivs = r.meta.get("intervals")
-        if ivs is None:
-            continue
-        bl = json.dumps(r.meta.get("behaviors_labeled", []))
-        for a, t, act, s, e in ivs[ANNOTATION_COLUMNS].itertuples(index=False):
-            rows.append((r.video_id, f"mouse{a}", "self" if a == t else f"mouse{t}", act, int(s), int(e),
-                         r.meta.get("lab_id", ""), bl))
-    return pd.DataFrame(
-        rows, columns=["video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame", "lab_id",
-                       "behaviors_labeled"],
-    )
