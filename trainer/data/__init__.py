@@ -2,7 +2,7 @@
 
 A reader is `reader(path: str, *, data: DataConfig, fps: float) -> list[Recording]`
 (`fps` is the config's fallback for formats that do not store a frame rate). Adding a
-format = one module + one `register_reader` line; nothing else changes.
+format = one module + one `READERS` line (docs/contributing.md); nothing else changes.
 """
 
 from __future__ import annotations
