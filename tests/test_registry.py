@@ -68,6 +68,8 @@ def test_a_declared_key_that_is_no_config_field_fails_at_registration():
         ModelSpec("trainer.models.per_frame_mlp:PerFrameMLP", keys=("hiden_dim", "num_layers", "dropout"))
     with pytest.raises(ValueError, match=r"config key 'pca_component'.*did you mean 'pca_components'\?"):
         Feature("trainer.features:pca_input", params=("pca_component",))
+    with pytest.raises(ValueError, match=r"feature .pca_input. declares config key .pca_component."):
+        Feature(FEATURES["pca"].fn, params=("pca_component",))
 
 
 def test_feature_params_are_what_the_features_declare():

@@ -277,7 +277,8 @@ class Feature:
         valid = all_keys()
         for key in self.params:
             if key not in valid:  # programming error in a registry line: loud, at import
-                raise ValueError(f"feature '{self.fn}' declares config key '{key}', which is not a field of "
+                name = self.fn if isinstance(self.fn, str) else self.fn.__qualname__
+                raise ValueError(f"feature '{name}' declares config key '{key}', which is not a field of "
                                  f"trainer.config.Config{did_you_mean(key, valid)}")
         if isinstance(self.fn, str):
             module, attr = self.fn.split(":")
