@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import difflib
 import functools
 import json
 import logging
@@ -41,7 +40,8 @@ from pathlib import Path
 import modal
 import numpy as np
 
-from trainer.config import Config, ConfigError, all_keys, flat_dict, make_config
+from trainer.config import Config, ConfigError, check_keys, flat_dict, make_config
+from trainer.hints import closest
 from trainer.stream import epoch_stream
 
 log = logging.getLogger("modal_cluster")
@@ -124,8 +124,8 @@ def check_gpu(name: str, where: str = "--gpu") -> str:
         raise ConfigError(f"{where}: '{name}' asks for several GPUs; a run uses one GPU per container "
                           f"(valid: {', '.join(GPUS)})")
     if gpu not in GPUS:
-        close = difflib.get_close_matches(gpu, GPUS, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        close = closest(gpu, GPUS)
+        hint = f" (did you mean {close}?)" if close else ""
         raise ConfigError(f"{where}: unknown Modal GPU '{name}'{hint}; valid: {', '.join(GPUS)}")
     return gpu
 
@@ -229,16 +229,6 @@ def check_cloud_config(values: dict, root: Path = Path(VOLUME_MOUNT)) -> None:
     out = Path(str(values.get("output_dir", DEFAULTS.output_dir)))
     if out.is_absolute() and root not in (out, *out.parents):
         raise ConfigError(f"output_dir '{out}' is outside the volume ({root}); use a relative path such as runs")
-
-
-def check_keys(values: dict) -> None:
-    """Every key of a flat override dict is a config key (no torch import: make_config's model check has one)."""
-    valid = all_keys()
-    for key in values:
-        if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown config key '{key}'{hint}")
 
 
 def container_config(config: dict, name: str) -> Config:
@@ -578,7 +568,7 @@ def stream_trial(config_overrides: dict, *, gpu: str, name: str | None = None,
     """
     gpu = check_gpu(gpu)
     values = flat_dict(config_overrides)
-    check_keys(values)
+    check_keys(values)  # key names only: values are validated in the container
     check_cloud_config(values)
     timeout = check_timeout(timeout if timeout is not None else values.get("modal_timeout", DEFAULTS.modal_timeout),
                             "--timeout" if timeout is not None else "config key 'modal_timeout'")

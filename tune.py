@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import difflib
 import importlib.util
 import json
 import logging
@@ -46,6 +45,7 @@ from trainer.config import (
     make_config,
     parse_override,
 )
+from trainer.hints import did_you_mean
 from trainer.rundir import check_name
 
 log = logging.getLogger("tune")
@@ -105,11 +105,6 @@ DISTRIBUTIONS: dict[str, Callable] = {
 }
 
 
-def _nearest(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
 def _number(x):
     """YAML 1.1 reads 1e-4 (no dot) as a string: take it as the number it is meant to be."""
     if isinstance(x, str):
@@ -125,7 +120,7 @@ def _parse_dist(where: str, spec: dict) -> Dist:
                           f"got {spec!r}")
     (kind, args), = spec.items()
     if kind not in DISTRIBUTIONS:
-        raise ConfigError(f"{where}: unknown distribution '{kind}'{_nearest(str(kind), DISTRIBUTIONS)}")
+        raise ConfigError(f"{where}: unknown distribution '{kind}'{did_you_mean(kind, DISTRIBUTIONS)}")
     if kind in ("choice", "grid"):
         if not isinstance(args, list) or not args:
             raise ConfigError(f"{where}: {kind} needs a non-empty list of options, got {args!r}")
@@ -186,7 +181,7 @@ def _flatten_space(raw: dict, where: str, keys: list[str], prefix: str = "") -> 
         if full in sections and isinstance(value, dict):
             out.update(_flatten_space(value, where, keys, f"{full}."))
         elif full not in keys:
-            raise ConfigError(f"{where}: unknown config key '{full}'{_nearest(full, keys)}")
+            raise ConfigError(f"{where}: unknown config key '{full}'{did_you_mean(full, keys)}")
         else:
             out[full] = value
     return out
@@ -473,8 +468,7 @@ class StreamTrial(ray_tune.Trainable):
     """
 
     def setup(self, config: dict, *, sweep: Sweep, stream: Callable[..., Iterator[dict]]):
-        # the complete config as flat overrides (validated by the driver's check_space and again remotely;
-        # no make_config here, which would import torch into this waiting actor)
+        # the complete config as flat overrides (validated by the driver's check_space and again remotely)
         space = parse_space(sweep.space)
         overrides = {**flat_dict(sweep.base), **space.overrides(config),
                      "name": f"{sweep.name}-{trial_run_name(self.trial_id, space, config)}", "resume": "auto"}
@@ -725,7 +719,6 @@ def _previous_trials(sweep: Sweep) -> dict[str, dict]:
 def prefeaturise(sweep: Sweep) -> None:
     """Featurise the sweep's data once into the store every local trial shares (runs/feature_store),
     before trials start in parallel: N trials then featurise once, not N times."""
-    from trainer.config import make_config
     from trainer.store import featurised_ahead
 
     cfg = make_config(base={**sweep.base, "output_dir": str(sweep.runs_dir)})
@@ -734,7 +727,6 @@ def prefeaturise(sweep: Sweep) -> None:
 
 def store_counts(sweep: Sweep, *, since: float) -> dict:
     """Videos featurised (misses) and reused (hits) in the shared feature store since `since`."""
-    from trainer.config import make_config
     from trainer.store import store_root
 
     root = store_root(make_config(base={**sweep.base, "output_dir": str(sweep.runs_dir)}))

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from trainer.config import make_config
-from trainer.models import MODELS, TRAINERS, build_model, count_parameters
+from trainer.models import MODELS, build_model, count_parameters
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS if n not in TRAINERS])  # gbdt: tests/test_gbdt.py
+@pytest.mark.parametrize("name", [n for n in MODELS if not MODELS[n].trainer])  # gbdt: tests/test_gbdt.py
 def test_per_frame_logits_shape(name):
     cfg = make_config(overrides=[f"model_type={name}", "hidden_dim=32", "num_heads=2", "num_layers=1",
                                  "conv_channels=[8,8]", "lstm_hidden=8"])

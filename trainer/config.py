@@ -9,7 +9,6 @@ closest valid key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from trainer.hints import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -174,9 +175,10 @@ class Config:
         return names
 
     def feature_params(self) -> dict:
-        """The keys the feature functions read (part of the feature store's key)."""
-        return {"pca_components": self.pca_components, "temporal_windows": list(self.temporal_windows),
-                "rolling_windows": list(self.rolling_windows)}
+        """The keys the feature functions read, as each feature declares them (part of the feature store's key)."""
+        from trainer.features import feature_params  # local import: features imports this module
+
+        return feature_params(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -213,9 +215,15 @@ def _all_keys(cls, prefix: str = "") -> list[str]:
 
 
 def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"{where}unknown config key '{key}'{hint}")
+    return ConfigError(f"{where}unknown config key '{key}'{did_you_mean(key, valid)}")
+
+
+def check_keys(keys, where: str = "") -> None:
+    """Every dotted key of `keys` (e.g. a flat override dict) is a config key; values unchecked."""
+    valid = all_keys()
+    for key in keys:
+        if key not in valid:
+            raise _unknown(key, valid, where)
 
 
 def _coerce(key: str, value: Any, tp: Any, where: str) -> Any:
@@ -362,8 +370,9 @@ def make_config(
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that do not need the data."""
-    from trainer.features import FEATURES  # local import: features imports nothing from here
+    """Cross-field checks that do not need the data (imports no torch: the registries list names only)."""
+    from trainer.features import FEATURES  # local imports: both registries import this module
+    from trainer.models import MODELS
 
     if cfg.sequence_length < 1 and cfg.window_seconds <= 0:
         raise ConfigError("config key 'sequence_length' must be >= 1")
@@ -385,18 +394,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'conv_kernel' must be odd so that frames stay aligned")
     for name in cfg.features:
         if name not in FEATURES:
-            close = difflib.get_close_matches(str(name), list(FEATURES), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(FEATURES)}"
+            hint = did_you_mean(name, FEATURES, cutoff=0.6, list_valid=True)
             raise ConfigError(f"config key 'features': unknown feature '{name}'{hint}")
     if any((not isinstance(w, int | float)) or isinstance(w, bool) or not 0 <= w < float("inf") for w in cfg.class_weights):
         raise ConfigError(f"config key 'class_weights' must be non-negative numbers, got {cfg.class_weights}")
     if not 0 <= cfg.label_smoothing < 1:
         raise ConfigError("config key 'label_smoothing' must be in [0, 1)")
-    from trainer.models import MODELS
-
     if cfg.model_type not in MODELS:
-        close = difflib.get_close_matches(cfg.model_type, list(MODELS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(MODELS)}"
+        hint = did_you_mean(cfg.model_type, MODELS, cutoff=0.6, list_valid=True)
         raise ConfigError(f"config key 'model_type': unknown model '{cfg.model_type}'{hint}")
     if cfg.data.fold == -1 and cfg.data.split not in ("kfold", "by_time"):
         raise ConfigError(f"config key 'data.fold' is -1 (cross-validate) but data.split is '{cfg.data.split}'; "

@@ -7,22 +7,24 @@ the fitted statistics and the final standardisation (mean/std per channel, train
 kept in `FeaturePipeline.state_dict()`, which goes into every checkpoint so predict computes
 exactly the training features.
 
-Add a feature: write `def my_feature(*, pose, fps, params, stats) -> (T, k)` and one
-`FEATURES` entry. Config: `features: [coords, speed, ...]`.
+Add a feature: write `def my_feature(*, pose, fps, params, stats) -> (T, k)` in a new module
+and one `FEATURES` entry naming it ("module:function") and the config keys it reads from
+`params` (docs/contributing.md). Config: `features: [coords, speed, ...]`.
 """
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from trainer.config import all_keys
 from trainer.data.recording import DataError, Recording
 from trainer.data.skeleton import find_named_part
-from trainer.features_pairwise import egocentric_pair, pair_geometry
-from trainer.features_rolling import rolling_stats
+from trainer.hints import did_you_mean
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -265,10 +267,22 @@ class Feature:
     post: (block rows, stats) -> finished block; for fitted features (PCA projection).
     """
 
-    fn: Callable[..., np.ndarray]
+    fn: Callable[..., np.ndarray] | str  # or "package.module:function", imported here
     fit: Callable[[np.ndarray, dict], dict] | None = None
     standardise: bool = True  # mask channels stay 0/1
     post: Callable[[np.ndarray, dict], np.ndarray] | None = None
+    params: tuple[str, ...] = ()  # config keys the functions read from `params` (Config.feature_params)
+
+    def __post_init__(self):
+        valid = all_keys()
+        for key in self.params:
+            if key not in valid:  # programming error in a registry line: loud, at import
+                name = self.fn if isinstance(self.fn, str) else self.fn.__qualname__
+                raise ValueError(f"feature '{name}' declares config key '{key}', which is not a field of "
+                                 f"trainer.config.Config{did_you_mean(key, valid)}")
+        if isinstance(self.fn, str):
+            module, attr = self.fn.split(":")
+            object.__setattr__(self, "fn", getattr(importlib.import_module(module), attr))
 
 
 FEATURES: dict[str, Feature] = {
@@ -277,14 +291,23 @@ FEATURES: dict[str, Feature] = {
     "acceleration": Feature(acceleration),
     "distances": Feature(distances),
     "angles": Feature(angles),
-    "pca": Feature(pca_input, fit=fit_pca, post=pca_project),
-    "temporal_stats": Feature(temporal_stats),
+    "pca": Feature(pca_input, fit=fit_pca, post=pca_project, params=("pca_components",)),
+    "temporal_stats": Feature(temporal_stats, params=("temporal_windows",)),
     "mask": Feature(mask, standardise=False),
-    # cross-lab features (trainer/features_pairwise.py): agent-centred, heading-aligned
-    "egocentric_pair": Feature(egocentric_pair),
-    "pair_geometry": Feature(pair_geometry),
-    "rolling_stats": Feature(rolling_stats),  # long-context rolling mean/std (trainer/features_rolling.py)
+    # cross-lab features: agent-centred, heading-aligned
+    "egocentric_pair": Feature("trainer.features_pairwise:egocentric_pair"),
+    "pair_geometry": Feature("trainer.features_pairwise:pair_geometry"),
+    # long-context rolling mean/std
+    "rolling_stats": Feature("trainer.features_rolling:rolling_stats", params=("rolling_windows",)),
 }
+
+
+def feature_params(cfg) -> dict:
+    """{config key: value} for every key a registered feature declares, whether selected or not
+    (so the feature store's key does not depend on which other features a run selects)."""
+    keys = dict.fromkeys(k for f in FEATURES.values() for k in f.params)
+    values = {k: getattr(cfg, k) for k in keys}
+    return {k: list(v) if isinstance(v, list) else v for k, v in values.items()}  # copies: specs outlive cfg
 
 
 # Bump when any feature function's output changes: the feature store (trainer/store.py)

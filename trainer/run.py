@@ -51,13 +51,12 @@ from trainer.ema import FILE as EMA_FILE
 from trainer.ema import WeightEMA
 from trainer.engine import NonFiniteLossError, evaluate, train_one_epoch
 from trainer.features import FeaturePipeline, raw_coordinate_count
-from trainer.models import build_model, count_parameters, model_trainer
+from trainer.models import build_model, count_parameters, is_recurrent, model_trainer
 from trainer.store import FeatureRows, featurised_splits
 
 log = logging.getLogger("trainer")
 
 USER_ERRORS = (ConfigError, DataError, NonFiniteLossError)
-LSTM_MODELS = {"conv_bilstm", "tcn_bigru"}  # recurrent layers: bf16 only on CPUs with native bf16
 
 
 # ============================================================================ setup helpers
@@ -97,7 +96,7 @@ def make_accelerator(cfg: Config, run_dir: Path | None) -> tuple[Accelerator, st
     precision, why = cfg.mixed_precision, ""
     if precision == "fp16" and not cuda:
         precision, why = "no", "fp16 needs a CUDA GPU (Accelerate would silently train in fp32 on the CPU)"
-    elif precision == "bf16" and not cuda and cfg.model_type in LSTM_MODELS and not _cpu_has_native_bf16():
+    elif precision == "bf16" and not cuda and is_recurrent(cfg.model_type) and not _cpu_has_native_bf16():
         precision, why = "no", "this CPU has no native bf16: bf16 autocast of an LSTM is ~30x slower than fp32"
     elif precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         precision, why = "fp16", "this GPU has no bf16 support (e.g. T4)"

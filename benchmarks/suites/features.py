@@ -14,7 +14,7 @@ def bench_features(pipe: Pipeline, opts) -> dict:
     """FeaturePipeline: fit (PCA + standardisation) on the training videos, then transform per video."""
     cfg, (train_recs, val_recs) = pipe.cfg, pipe.recordings
     fp = FeaturePipeline(cfg.feature_names(), bodyparts=train_recs[0].bodyparts,
-                         params={"pca_components": cfg.pca_components, "temporal_windows": list(cfg.temporal_windows)})
+                         params=cfg.feature_params())
     fit_frames = sum(r.num_frames * len(r.pairs) for r in train_recs)
     t0 = time.perf_counter()
     fp.fit_transform(train_recs)

@@ -41,7 +41,7 @@ def feature_dim(cfg: Config) -> int:
     """Width of the default feature pipeline on the synthetic data (what the model really sees)."""
     rec = generate_recording("probe", frames=300, seed=0)
     fp = FeaturePipeline(cfg.feature_names(), bodyparts=rec.bodyparts,
-                         params={"pca_components": cfg.pca_components, "temporal_windows": list(cfg.temporal_windows)})
+                         params=cfg.feature_params())
     fp.fit_transform([rec])
     return fp.dim
 

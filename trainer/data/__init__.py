@@ -2,13 +2,12 @@
 
 A reader is `reader(path: str, *, data: DataConfig, fps: float) -> list[Recording]`
 (`fps` is the config's fallback for formats that do not store a frame rate). Adding a
-format = one module + one `register_reader` line; nothing else changes.
+format = one module + one `READERS` line (docs/contributing.md); nothing else changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 from collections.abc import Callable
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from trainer.data.recording import UNLABELLED, DataError, Recording
 from trainer.data.skeleton import harmonise
+from trainer.hints import did_you_mean
 
 Reader = Callable[..., list[Recording]]
 
@@ -42,8 +42,7 @@ def register_reader(name: str, target: str) -> None:
 
 def get_reader(name: str) -> Reader:
     if name not in READERS:
-        close = difflib.get_close_matches(name, list(READERS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(READERS)}"
+        hint = did_you_mean(name, READERS, cutoff=0.6, list_valid=True)
         raise DataError(f"config key 'data.format': unknown format '{name}'{hint}")
     module, fn = READERS[name].split(":")
     return getattr(importlib.import_module(module), fn)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+MAX_LEN = 4096  # frames the positional table is built for (forward extends it for longer windows)
+
 # helpers
 
 
@@ -39,13 +41,12 @@ class TransformerTagger(nn.Module):
         num_layers: int = 4,
         num_heads: int = 8,
         dropout: float = 0.1,
-        max_len: int = 4096,
     ):
         super().__init__()
         if hidden_dim % num_heads:
             raise ValueError(f"hidden_dim {hidden_dim} must be divisible by num_heads {num_heads}")
         self.proj = nn.Linear(input_dim, hidden_dim)
-        self.register_buffer("pe", sinusoidal_positions(max_len, hidden_dim), persistent=False)
+        self.register_buffer("pe", sinusoidal_positions(MAX_LEN, hidden_dim), persistent=False)
         layer = nn.TransformerEncoderLayer(
             hidden_dim, num_heads, dim_feedforward=4 * hidden_dim, dropout=dropout, batch_first=True, norm_first=True
         )
