@@ -58,13 +58,14 @@ from torch.utils.data import DataLoader
 
 from benchmarks.machine import cpu_name
 from trainer import checkpoint as ckpt_io
+from trainer.build import EpochSampler, build_training, make_accelerator, prepare_data
 from trainer.config import Config, make_config
 from trainer.data import load_splits
 from trainer.data.synthetic import generate_recording
 from trainer.engine import train_one_epoch
 from trainer.features import FeaturePipeline
 from trainer.models import MODELS, build_model, count_parameters
-from trainer.run import EpochSampler, make_accelerator, make_optimizer, prepare_data, train
+from trainer.run import train
 
 log = logging.getLogger("bench")
 
@@ -113,7 +114,7 @@ def device_slug(device: torch.device) -> str:
 
 def environment(device: torch.device) -> dict:
     """Versions, hardware and machine load: what a number needs to be comparable."""
-    from trainer.run import _git_sha  # the run directory's provenance helper
+    from trainer.provenance import git_sha  # the run directory's provenance helper
 
     env = {
         "host": platform.node(),
@@ -129,7 +130,7 @@ def environment(device: torch.device) -> dict:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(),
         "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     if device.type == "cuda":
@@ -321,7 +322,7 @@ def feature_dim(cfg: Config) -> int:
 def resolve_precision(cfg: Config, requested: str, measure_slow: bool) -> tuple[str | None, str, str]:
     """(precision to time or None to skip, precision the trainer would use, note).
 
-    The trainer's own rules decide (trainer.run.make_accelerator): fp16 without CUDA -> fp32;
+    The trainer's own rules decide (trainer.build.make_accelerator): fp16 without CUDA -> fp32;
     bf16 + LSTM on a CPU -> fp32 (~30x slower otherwise); bf16 on a GPU without bf16 -> fp16.
     """
     _, used = make_accelerator(cfg, None)
@@ -399,7 +400,7 @@ class Pipeline:
 
     cfg: Config
     recordings: tuple[list, list]
-    data: object  # trainer.run.Data
+    data: object  # trainer.build.Data
     device: torch.device
     precision: str
     config_name: str
@@ -475,21 +476,10 @@ class Batches:
 
 
 def real_step_setup(pipe: Pipeline):
-    """Model, optimizer, loader and loss arguments exactly as `trainer.run.train` builds them."""
-    cfg, data = pipe.cfg, pipe.data
-    C = len(data.class_names)
-    accelerator, _ = make_accelerator(cfg, None)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, input_dim=data.pipeline.dim, num_classes=C)
-    optimizer = make_optimizer(cfg, model)
-    sampler = EpochSampler(len(data.train_ds), cfg.seed)
-    loader = DataLoader(data.train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        pin_memory=accelerator.device.type == "cuda", persistent_workers=False)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    weights = torch.tensor(cfg.class_weights or [1.0] * C, dtype=torch.float32, device=accelerator.device)
-    loss_kwargs = {"weight": weights, "label_smoothing": cfg.label_smoothing,
-                   "focal_gamma": cfg.focal_gamma if cfg.loss == "focal" else 0.0}
-    return accelerator, model, optimizer, Batches(loader, sampler, data.train_ds), loss_kwargs
+    """Model, optimizer, loader and loss arguments built by `trainer.build.build_training`, as `trainer.run.train` builds them."""
+    accelerator, precision = make_accelerator(pipe.cfg, None)
+    s = build_training(pipe.cfg, accelerator, precision, data=pipe.data)
+    return accelerator, s.model, s.optimizer, Batches(s.train_loader, s.sampler, s.data.train_ds), s.loss_kwargs
 
 
 def bench_overhead(pipe: Pipeline, opts) -> dict:
