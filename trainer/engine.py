@@ -160,7 +160,7 @@ def train_one_epoch(
                 raise NonFiniteLossError(epoch, step, mean)
             window.zero_()
             bar.set_postfix(loss=f"{mean:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            # per optimizer step, apart from the per-epoch charts (run.py names the TensorBoard groups)
+            # per optimizer step, apart from the per-epoch charts (report.py names the TensorBoard groups)
             accelerator.log({"3_train_step/loss": mean, "3_train_step/lr": optimizer.param_groups[0]["lr"]},
                             step=global_step)
     mean = accelerator.gather(total[None]).mean().item() / max(1, n_batches)
