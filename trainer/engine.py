@@ -1,7 +1,8 @@
 """The Accelerate loop: `train_one_epoch` and `evaluate`, each returning a metric dict.
 
 Everything around them (run directory, checkpoints, early stopping, logging) lives in
-trainer/run.py; these two functions only do forward/backward/step and scoring.
+trainer/run.py and the modules it calls (build.py, runfiles.py, report.py); these two
+functions only do forward/backward/step and scoring.
 """
 
 from __future__ import annotations

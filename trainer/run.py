@@ -6,6 +6,11 @@
     accelerate launch --multi_gpu --num_processes 2 trainer/run.py ...   # several processes / GPUs
 
 `train(cfg, ...)` is the one training entry: tune.py, modal_cluster.py and benchmarks call it.
+
+train() reads top to bottom: choose the run directory and Accelerator, lock the directory,
+build everything (trainer/build.py: data, model, optimizer, loaders, schedulers), resume,
+then per epoch train_one_epoch / evaluate (trainer/engine.py), checkpoint (trainer/runfiles.py)
+and log (trainer/report.py); at the end metrics.json and the per-class table.
 """
 
 from __future__ import annotations
