@@ -350,7 +350,7 @@ def cv_epoch_stream(cfg: Config, *, recordings: list[Recording] | None = None, t
             finals[fold.index] = done
             latest[fold.index] = {"best_val_macro_f1": done["val_macro_f1"]}
             continue
-        ck = ckpt_io.resolve(fold.dir) if cfg.resume else None  # resumed: where this fold stands
+        ck = ckpt_io.resolve(fold.dir, cfg.checkpoint_dir) if cfg.resume else None  # resumed: where this fold stands
         state = ckpt_io.read_state(ck) if ck is not None else {}
         done_epochs[fold.index] = int(state.get("epoch", 0))
         if state:
