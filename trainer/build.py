@@ -228,6 +228,7 @@ class LinearWarmup:
 
 
 def make_optimizer(cfg: Config, model) -> torch.optim.Optimizer:
+    """cfg.optimizer (adamw/adam/sgd) over the model's trainable parameters, at cfg.learning_rate."""
     params = [p for p in model.parameters() if p.requires_grad]
     factories = {
         "adamw": lambda: torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay),

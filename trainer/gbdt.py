@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 
 from trainer import checkpoint as ckpt_io
 from trainer import rundir
-from trainer.build import prepare_data
+from trainer.build import checkpoint_meta, prepare_data
 from trainer.config import Config, ConfigError
 from trainer.engine import masked_argmax
 from trainer.metrics import frame_scores
@@ -287,10 +287,8 @@ def train_gbdt(
     state = {"epoch": len(rows), "global_step": ens.num_iterations, "best_score": final_ev["macro_f1"],
              "best_epoch": len(rows), "bad_epochs": 0, "best_scores": final_ev, "finished": True,
              "wall_time_s": info["fit_time_s"], "history": rows}
-    meta = {"config": cfg.to_dict(), "class_names": data.class_names, "background": data.background,
-            "features": data.pipeline.state_dict(), "input_dim": data.pipeline.dim, "num_classes": C,
-            "window_length": data.length, "precision_used": "fp32",
-            "gbdt": dict(info, trees_per_iteration=int(ens.roots.shape[1]), nodes=int(len(ens.value)))}
+    meta = dict(checkpoint_meta(cfg, data, "fp32"),
+                gbdt=dict(info, trees_per_iteration=int(ens.roots.shape[1]), nodes=int(len(ens.value))))
 
     write_run_info(run_dir, cfg, "fp32", int(len(ens.value)),
                    SimpleNamespace(device=torch.device("cpu"), num_processes=1), data)
