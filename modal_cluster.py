@@ -40,8 +40,10 @@ from pathlib import Path
 import modal
 import numpy as np
 
+from trainer import rundir
 from trainer.config import Config, ConfigError, check_keys, flat_dict, make_config
 from trainer.hints import closest
+from trainer.provenance import git_sha  # the local checkout's commit (containers have no .git)
 from trainer.stream import epoch_stream
 
 log = logging.getLogger("modal_cluster")
@@ -205,15 +207,6 @@ def _require_gpu() -> None:
         raise RuntimeError("no CUDA device visible in the container: check the image's torch build and gpu=")
 
 
-def _git_sha() -> str:
-    """The local checkout's commit (containers have no .git), recorded in each run's attempts log."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 PATH_KEYS = ("data.path", "data.val_path", "data.annotation_path", "train_data_dir", "val_data_dir")
 
 
@@ -253,7 +246,7 @@ def _log_attempt(cfg: Config, source: dict) -> None:
     from trainer import checkpoint as ckpt_io
 
     run_dir = Path(cfg.output_dir) / cfg.name
-    last = ckpt_io.resolve(run_dir)
+    last = ckpt_io.resolve(run_dir, cfg.checkpoint_dir)
     gpu = "cpu"
     if not modal.is_local():
         import torch
@@ -434,15 +427,15 @@ def bench(gpus: str = "T4,A10G", args: str = "") -> str:
 def _run_summary(run_dir: Path, root: Path) -> dict:
     """Name, epochs done, best val macro F1 and checkpoints of one run directory."""
     rows = []
-    if (run_dir / "metrics.jsonl").is_file():
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if (run_dir / rundir.METRICS_JSONL).is_file():
+        rows = [json.loads(line) for line in (run_dir / rundir.METRICS_JSONL).read_text().splitlines() if line.strip()]
     scores = [r["val_macro_f1"] for r in rows if r.get("val_macro_f1") is not None]
-    ckpts = run_dir / "checkpoints"
+    ckpts = rundir.checkpoints_of(run_dir)  # the run's own checkpoint_dir
     return {
         "run": str(run_dir.relative_to(root)),
         "epochs": max((r["epoch"] for r in rows), default=0),
         "best_val_macro_f1": max(scores) if scores else None,
-        "finished": (run_dir / "metrics.json").is_file(),
+        "finished": (run_dir / rundir.METRICS_JSON).is_file(),
         "checkpoints": sorted(p.name for p in ckpts.iterdir() if p.is_dir()) if ckpts.is_dir() else [],
     }
 
@@ -454,7 +447,7 @@ def list_runs() -> list[dict]:
     root = volume_root()
     if not modal.is_local():
         volume.reload()  # this container may have been started before the latest commits
-    runs = sorted((p.parent for p in (root / "runs").rglob("config.yaml")), key=lambda p: str(p))
+    runs = sorted((p.parent for p in (root / "runs").rglob(rundir.CONFIG)), key=lambda p: str(p))
     summary = [_run_summary(r, root) for r in runs]
     for s in summary:
         f1 = "-" if s["best_val_macro_f1"] is None else f"{s['best_val_macro_f1']:.3f}"
@@ -574,7 +567,7 @@ def stream_trial(config_overrides: dict, *, gpu: str, name: str | None = None,
                             "--timeout" if timeout is not None else "config key 'modal_timeout'")
     name = name or values.get("name") or f"trial-{uuid.uuid4().hex[:8]}"
     require_token()
-    source = {"git_sha": _git_sha(), "requested_gpu": gpu}
+    source = {"git_sha": git_sha(), "requested_gpu": gpu}
     runner = _local_trial if local_mode() else _remote_trial
     return runner(dict(config_overrides), gpu=gpu, timeout=timeout, name=name, source=source)
 
@@ -635,7 +628,7 @@ def main(*arglist: str) -> None:
     cfg = plan.config
     print(f"run {cfg.name}: {cfg.model_type}, {cfg.epochs} epochs on {plan.gpu} "
           f"(timeout {plan.timeout} s, precision {cfg.mixed_precision}) -> {VOLUME_NAME}:{cfg.output_dir}/{cfg.name}")
-    source = {"git_sha": _git_sha(), "requested_gpu": plan.gpu}
+    source = {"git_sha": git_sha(), "requested_gpu": plan.gpu}
     result = _call(train, gpu=plan.gpu, timeout=plan.timeout)(cfg.to_dict(), cfg.name, source)
     if "error" in result:
         raise SystemExit(f"error: {result['error']}")

@@ -150,7 +150,7 @@ def m_reference(work, videos, frames):
 def m_warm(work, videos, frames):
     from torch.utils.data import DataLoader
 
-    from trainer.run import prepare_data
+    from trainer.build import prepare_data
 
     cfg = _config(work, videos, frames)
     t0 = time.perf_counter()

@@ -65,7 +65,7 @@ def device_slug(device: torch.device) -> str:
 
 def environment(device: torch.device) -> dict:
     """Versions, hardware and machine load: what a number needs to be comparable."""
-    from trainer.run import _git_sha  # the run directory's provenance helper
+    from trainer.provenance import git_sha  # the run directory's provenance helper
 
     env = {
         "host": platform.node(),
@@ -81,7 +81,7 @@ def environment(device: torch.device) -> dict:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(),
         "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     if device.type == "cuda":

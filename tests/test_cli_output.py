@@ -54,7 +54,7 @@ def test_accelerate_launch_log_command_txt_and_threads(tiny, tmp_path):
 
 
 def test_plain_python_records_its_own_command(monkeypatch):
-    from trainer.run import command_line
+    from trainer.provenance import command_line
 
     monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
     line = command_line(1)
@@ -68,9 +68,9 @@ def test_plain_python_records_its_own_command(monkeypatch):
     (["bash", "-c", "x"], None),
 ])
 def test_launcher_arguments_are_found_in_the_parent_command(parent, expected):
-    from trainer.run import _launcher_args
+    from trainer.provenance import launcher_args
 
-    assert _launcher_args(parent) == expected
+    assert launcher_args(parent) == expected
 
 
 @pytest.mark.slow

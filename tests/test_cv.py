@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
+from trainer.build import prepare_data
 from trainer.config import ConfigError, make_config
 from trainer.cv import OOF, cross_validate, cv_epoch_stream, load_oof
 from trainer.data import DataError, load_recordings, load_splits
 from trainer.data.splits import split_by_time, time_blocks, time_gap_frames
 from trainer.data.synthetic import generate_recording
 from trainer.run import main as run_main
-from trainer.run import prepare_data
 from trainer.run import train as run_train
 
 KFOLD = ["data.split=kfold", "data.num_folds=2", "data.fold=-1"]

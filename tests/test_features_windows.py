@@ -104,7 +104,7 @@ def test_persistent_workers_see_each_epoch():
     """The sampler encodes the epoch in the index: workers that never see set_epoch still vary per epoch."""
     from torch.utils.data import DataLoader
 
-    from trainer.run import EpochSampler
+    from trainer.build import EpochSampler
 
     ds = WindowDataset([_seq(400)], length=32, stride=16, train=True, jitter=3, noise_std=0.1, seed=1)
 

@@ -244,6 +244,18 @@ def test_train_commits_every_checkpoint_and_a_rerun_resumes(vol, monkeypatch):
     assert "num_classes" in bad["error"]  # not raised: Modal would retry an exception 3 times
 
 
+def test_list_runs_reads_each_runs_own_checkpoint_dir(vol):
+    """A run trained with checkpoint_dir=ckpts lists its checkpoints (the layout is trainer.rundir's)."""
+    run = vol / "runs" / "run-c"
+    (run / "ckpts" / "last").mkdir(parents=True)
+    (run / "ckpts" / "epoch_0002").mkdir()
+    (run / "checkpoints").mkdir()  # not this run's checkpoint directory: ignored
+    (run / "config.yaml").write_text("checkpoint_dir: ckpts\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 2, "val_macro_f1": 0.5}) + "\n")
+    assert modal_cluster.list_runs.local() == [{"run": "runs/run-c", "epochs": 2, "best_val_macro_f1": 0.5,
+                                                "finished": False, "checkpoints": ["epoch_0002", "last"]}]
+
+
 def test_entrypoint_trains_in_process(vol, capsys):
     modal_cluster.main("--config", V4, "--gpu", "T4", *TINY_ARGS, "name=cli-run")
     out = capsys.readouterr().out

@@ -345,8 +345,8 @@ def test_cross_validation_folds_reuse_the_stores_per_video_features(tmp_path):
 
 
 def test_mirror_pairs_featurises_the_mirrored_training_videos(tmp_path):
+    from trainer.build import prepare_data
     from trainer.data.recording import mirror_pairs
-    from trainer.run import prepare_data
 
     cfg = _cfg(tmp_path, "mirror_pairs=true", "data.synthetic.num_mice=2", "sequence_length=16")
     train, _ = data_mod.load_splits(cfg)

@@ -13,7 +13,8 @@ import pytest
 
 from trainer.config import flat_dict, make_config
 from trainer.plots import BACKGROUND_COLOR, OKABE_ITO, behaviour_colors, confusion_figure, ethogram_figure
-from trainer.run import hparams_of, is_hparam, main
+from trainer.report import hparams_of, is_hparam
+from trainer.run import main
 
 CLASSES = ["other", "investigation", "mount", "attack"]
 ROOT = Path(__file__).resolve().parent.parent

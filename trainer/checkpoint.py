@@ -33,12 +33,11 @@ import shutil
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from trainer.config import ConfigError
-from trainer.rundir import remove_quietly, storage_error
+from trainer.rundir import BEST, LAST, checkpoint_dir_of, remove_quietly, storage_error
 
 log = logging.getLogger("trainer")
 
@@ -296,7 +295,7 @@ def fallbacks(ck: Path) -> list[Path]:
     if not root.is_dir():
         return []
     epochs = sorted(root.glob("epoch_*"), reverse=True)
-    order = [root / "best", *epochs, root / "last", root / "last.old", root / "best.old"]
+    order = [root / BEST, *epochs, root / LAST, root / f"{LAST}.old", root / f"{BEST}.old"]
     out = []
     for d in order:
         try:
@@ -318,27 +317,18 @@ def fallback_hint(ck: Path) -> str:
 # ============================================================================ resolve
 
 
-def checkpoint_dir_of(run: Path) -> str:
-    """The run's `checkpoint_dir` from its config.yaml (default 'checkpoints')."""
-    try:
-        value = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("checkpoint_dir")
-    except (OSError, yaml.YAMLError, AttributeError):
-        value = None
-    return value if isinstance(value, str) and value else "checkpoints"
-
-
 def resolve(path: str | Path, checkpoint_dir: str | None = None) -> Path | None:
     """A usable checkpoint directory for `path` (a checkpoint, its `.old` twin, or a run dir).
 
     Run directories resolve to <run>/<checkpoint_dir>/last (checkpoint_dir: given, else the
-    run's config.yaml, else 'checkpoints'). Returns None if nothing complete exists.
+    run's config.yaml, else rundir.CHECKPOINT_DIR). Returns None if nothing complete exists.
     """
     p = Path(path)
     candidates = [p, p.with_name(p.name + ".old")]
     sub = p / (checkpoint_dir or checkpoint_dir_of(p))
     if sub.is_dir():
-        last = sub / "last"
-        candidates = [last, last.with_name("last.old")]
+        last = sub / LAST
+        candidates = [last, last.with_name(f"{LAST}.old")]
     for c in candidates:
         if c.is_dir() and _complete(c):
             return c

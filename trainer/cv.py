@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import checkpoint as ckpt_io
+from trainer import rundir
 from trainer.config import Config, ConfigError, config_to_yaml
 from trainer.data import load_recordings, split_recordings
 from trainer.data.recording import UNLABELLED, Recording
@@ -74,7 +75,7 @@ def _latest_unfinished(out: Path) -> Path | None:
 
 
 def cv_dir(cfg: Config) -> tuple[Path, bool]:
-    """(run directory, continuing?) from name/output_dir/resume, like run.resolve_run for one run."""
+    """(run directory, continuing?) from name/output_dir/resume, like runfiles.resolve_run for one run."""
     out = Path(cfg.output_dir)
     if cfg.resume and cfg.resume != "auto":
         run = Path(cfg.resume)
@@ -266,8 +267,8 @@ def format_summary(s: dict) -> str:
 
 def _fold_done(fold: Fold) -> dict | None:
     """The fold's metrics.json when it finished and its OOF table is written (resume skips it)."""
-    if (fold.dir / "metrics.json").is_file() and (fold.dir / OOF).is_file():
-        return json.loads((fold.dir / "metrics.json").read_text())
+    if (fold.dir / rundir.METRICS_JSON).is_file() and (fold.dir / OOF).is_file():
+        return json.loads((fold.dir / rundir.METRICS_JSON).read_text())
     return None
 
 
@@ -349,7 +350,7 @@ def cv_epoch_stream(cfg: Config, *, recordings: list[Recording] | None = None, t
             finals[fold.index] = done
             latest[fold.index] = {"best_val_macro_f1": done["val_macro_f1"]}
             continue
-        ck = ckpt_io.resolve(fold.dir) if cfg.resume else None  # resumed: where this fold stands
+        ck = ckpt_io.resolve(fold.dir, cfg.checkpoint_dir) if cfg.resume else None  # resumed: where this fold stands
         state = ckpt_io.read_state(ck) if ck is not None else {}
         done_epochs[fold.index] = int(state.get("epoch", 0))
         if state:

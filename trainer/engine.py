@@ -1,7 +1,8 @@
 """The Accelerate loop: `train_one_epoch` and `evaluate`, each returning a metric dict.
 
 Everything around them (run directory, checkpoints, early stopping, logging) lives in
-trainer/run.py; these two functions only do forward/backward/step and scoring.
+trainer/run.py and the modules it calls (build.py, runfiles.py, report.py); these two
+functions only do forward/backward/step and scoring.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def train_one_epoch(
                 raise NonFiniteLossError(epoch, step, mean)
             window.zero_()
             bar.set_postfix(loss=f"{mean:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            # per optimizer step, apart from the per-epoch charts (run.py names the TensorBoard groups)
+            # per optimizer step, apart from the per-epoch charts (report.py names the TensorBoard groups)
             accelerator.log({"3_train_step/loss": mean, "3_train_step/lr": optimizer.param_groups[0]["lr"]},
                             step=global_step)
     mean = accelerator.gather(total[None]).mean().item() / max(1, n_batches)

@@ -46,6 +46,7 @@ from trainer.predict import (
     Ensemble,
     Predictor,
     add_postprocess_args,
+    checkpoint_cli,
     load_models,
     select_recordings,
     settings_from_args,
@@ -169,13 +170,7 @@ def format_report(result: dict) -> str:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
-    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, action="append",
-                   help="checkpoint dir (runs/<name>/checkpoints/best), run dir or cross-validation run dir; "
-                        "repeat to average several models")
-    p.add_argument("--weights", type=float, nargs="+", help="one weight per --checkpoint (default: equal)")
+    p = checkpoint_cli("python -m trainer.evaluate", __doc__.split("\n\n")[0])
     p.add_argument("--data", help="annotated tracking file/dir (default: the run's own validation videos)")
     p.add_argument("--format", help="reader for --data (default: the run's data.format)")
     p.add_argument("--split", choices=["val", "train", "all"], default="val", help="without --data: which videos")

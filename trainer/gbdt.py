@@ -39,10 +39,14 @@ import torch
 from safetensors.torch import save_file
 
 from trainer import checkpoint as ckpt_io
+from trainer import rundir
+from trainer.build import checkpoint_meta, prepare_data
 from trainer.config import Config, ConfigError
 from trainer.engine import masked_argmax
 from trainer.metrics import frame_scores
 from trainer.models.gbdt import ABSENT_LOGIT, GBDTModel, TreeEnsemble
+from trainer.report import final_metrics, hparams_of, peak_memory_mb, report, write_hparams
+from trainer.runfiles import resolve_run, write_run_info
 
 log = logging.getLogger("trainer")
 
@@ -199,7 +203,7 @@ def staged_scores(ens: TreeEnsemble, seqs, *, every: int, class_names: list[str]
 def save_checkpoint(root: Path, model: GBDTModel, meta: dict, state: dict) -> Path:
     """checkpoints/last (tree arrays in safetensors + meta/state JSON), copied to best/; atomic."""
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / ".tmp-last"
+    tmp = root / f".tmp-{rundir.LAST}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -208,9 +212,9 @@ def save_checkpoint(root: Path, model: GBDTModel, meta: dict, state: dict) -> Pa
     ckpt_io.write_json(tmp / ckpt_io.META, meta)
     ckpt_io.write_json(tmp / ckpt_io.STATE, state)
     ckpt_io.write_manifest(tmp)  # sizes + sha256: verified when predict/evaluate load it
-    ckpt_io.publish(tmp, root / "last")
-    ckpt_io.copy_checkpoint(root / "last", root / "best")
-    return root / "last"
+    ckpt_io.publish(tmp, root / rundir.LAST)
+    ckpt_io.copy_checkpoint(root / rundir.LAST, root / rundir.BEST)
+    return root / rundir.LAST
 
 
 def log_rows(run_dir: Path, rows: list[dict], scores: list[dict], class_names: list[str], hparams: dict) -> None:
@@ -218,11 +222,10 @@ def log_rows(run_dir: Path, rows: list[dict], scores: list[dict], class_names: l
     from torch.utils.tensorboard import SummaryWriter
 
     from trainer.plots import confusion_figure
-    from trainer.run import write_hparams
 
     writer = SummaryWriter(str(run_dir / "tb"))
     write_hparams(writer, hparams)
-    with open(run_dir / "metrics.jsonl", "a") as f:
+    with open(run_dir / rundir.METRICS_JSONL, "a") as f:
         for row, ev in zip(rows, scores):
             f.write(json.dumps(row) + "\n")
             step = row["iterations"]
@@ -247,16 +250,14 @@ def train_gbdt(
     on_checkpoint: Callable[[Path], None] | None = None,
 ) -> dict:
     """trainer.run.train() for model_type=gbdt: same arguments, run directory and return value."""
-    from trainer import run  # the run module owns the run directory, data preparation and reports
-
     t_start = time.perf_counter()
     check_config(cfg)
     cfg = gbdt_config(cfg)
-    run_dir, resume_from = run.resolve_run(cfg)
+    run_dir, resume_from = resolve_run(cfg)
     if resume_from is not None and ckpt_io.read_state(resume_from).get("finished"):
         log.info("%s is already trained (the GBDT fits in one go); nothing to resume", run_dir)
-        return json.loads((run_dir / "metrics.json").read_text())
-    data = run.prepare_data(cfg, recordings)
+        return json.loads((run_dir / rundir.METRICS_JSON).read_text())
+    data = prepare_data(cfg, recordings)
     C = len(data.class_names)
     train_seqs = data.train_ds.seqs
     clf, info = fit(cfg, train_seqs, C)
@@ -279,30 +280,28 @@ def train_gbdt(
                "epoch_time_s": info["fit_time_s"] * ev["iterations"] / ens.num_iterations,
                "it_per_s": ens.num_iterations / max(info["fit_time_s"], 1e-9),
                "samples_per_s": info["train_frames"] * ens.num_iterations / max(info["fit_time_s"], 1e-9),
-               "peak_mem_mb": run._peak_memory_mb(torch.device("cpu"))}
+               "peak_mem_mb": peak_memory_mb(torch.device("cpu"))}
         row.update({f"val_f1_{c}": ev["f1"][c] for c in data.class_names})
         rows.append(row)
     final_ev = scores[-1]
     state = {"epoch": len(rows), "global_step": ens.num_iterations, "best_score": final_ev["macro_f1"],
              "best_epoch": len(rows), "bad_epochs": 0, "best_scores": final_ev, "finished": True,
              "wall_time_s": info["fit_time_s"], "history": rows}
-    meta = {"config": cfg.to_dict(), "class_names": data.class_names, "background": data.background,
-            "features": data.pipeline.state_dict(), "input_dim": data.pipeline.dim, "num_classes": C,
-            "window_length": data.length, "precision_used": "fp32",
-            "gbdt": dict(info, trees_per_iteration=int(ens.roots.shape[1]), nodes=int(len(ens.value)))}
+    meta = dict(checkpoint_meta(cfg, data, "fp32"),
+                gbdt=dict(info, trees_per_iteration=int(ens.roots.shape[1]), nodes=int(len(ens.value))))
 
-    run.write_run_info(run_dir, cfg, "fp32", int(len(ens.value)),
-                       SimpleNamespace(device=torch.device("cpu"), num_processes=1), data)
+    write_run_info(run_dir, cfg, "fp32", int(len(ens.value)),
+                   SimpleNamespace(device=torch.device("cpu"), num_processes=1), data)
     last = save_checkpoint(run_dir / cfg.checkpoint_dir, model, meta, state)
-    log_rows(run_dir, rows, scores, data.class_names, run.hparams_of(cfg, "fp32"))
+    log_rows(run_dir, rows, scores, data.class_names, hparams_of(cfg, "fp32"))
     if on_checkpoint is not None:
         on_checkpoint(last)
     if on_epoch_end is not None:
         for row in rows:
             on_epoch_end(dict(row, best_val_macro_f1=state["best_score"], checkpoint=str(last)))
-    final = run.final_metrics(state, data.class_names, "fp32", time.perf_counter() - t_start, run_dir,
-                              run_dir / cfg.checkpoint_dir / "best")
+    final = final_metrics(state, data.class_names, "fp32", time.perf_counter() - t_start, run_dir,
+                          run_dir / cfg.checkpoint_dir / rundir.BEST)
     final["gbdt"] = meta["gbdt"]
-    ckpt_io.write_json(run_dir / "metrics.json", final)
-    run.report(SimpleNamespace(print=print), final)  # the networks' end-of-run table on stdout
+    ckpt_io.write_json(run_dir / rundir.METRICS_JSON, final)
+    report(SimpleNamespace(print=print), final)  # the networks' end-of-run table on stdout
     return final

@@ -38,6 +38,8 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from trainer import checkpoint as ckpt_io
+from trainer import rundir
+from trainer.build import new_accelerator
 from trainer.config import Config, ConfigError, make_config
 from trainer.cv import PLAN as CV_PLAN
 from trainer.data import load_splits, read_recordings
@@ -127,7 +129,6 @@ class Predictor:
 
     def probabilities(self, recs: list[Recording], *, batch_size: int = 64) -> list[list[np.ndarray]]:
         """Per recording, per labelled pair: (T, C) class probabilities for every frame."""
-        from trainer.run import new_accelerator  # the run module owns Accelerator construction
         from trainer.store import FeatureRows, featurise_recordings, open_store
 
         C = len(self.class_names)
@@ -184,7 +185,7 @@ class Ensemble:
         folds = sorted(p for p in run.glob("fold_*") if p.is_dir())
         members = []
         for f in folds:
-            if ckpt_io.resolve(f / "checkpoints" / "best") is None and ckpt_io.resolve(f) is None:
+            if ckpt_io.resolve(rundir.checkpoints_of(f) / rundir.BEST) is None and ckpt_io.resolve(f) is None:
                 raise ConfigError(f"--checkpoint: {f} has no finished checkpoint; finish the cross-validation "
                                   f"with --resume {run}")
             members.append(Predictor.load(f))
@@ -307,13 +308,7 @@ def write_csv(table: pd.DataFrame, path: Path, **kwargs) -> None:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
-    p = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, action="append",
-                   help="checkpoint dir (runs/<name>/checkpoints/best), run dir or cross-validation run dir; "
-                        "repeat to average several models")
-    p.add_argument("--weights", type=float, nargs="+", help="one weight per --checkpoint (default: equal)")
+    p = checkpoint_cli("python -m trainer.predict", __doc__.split("\n\n")[0])
     p.add_argument("--out", default="preds.csv", help="per-frame CSV to write")
     p.add_argument("--input", help="tracking file/dir to predict (default: the run's own validation videos)")
     p.add_argument("--format", help="reader for --input (default: the run's data.format)")
@@ -362,6 +357,19 @@ def score_report(pred: Predictor, recs: list[Recording], probs, post: list[np.nd
         "raw": scores_of(recs, raw, pred),
         "postprocessed": scores_of(recs, post, pred) if post is not None else None,
     })
+
+
+def checkpoint_cli(prog: str, description: str) -> argparse.ArgumentParser:
+    """Logging set up and a parser with --checkpoint (repeatable) and --weights: the start of predict's
+    and evaluate's command lines (both load models with `load_models`)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--checkpoint", required=True, action="append",
+                   help="checkpoint dir (runs/<name>/checkpoints/best), run dir or cross-validation run dir; "
+                        "repeat to average several models")
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per --checkpoint (default: equal)")
+    return p
 
 
 def add_postprocess_args(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,13 @@
   killed run, never checkpoints; they are removed when the next run takes the lock.
 * `StorageError`/`storage_error`: a full disk or read-only directory becomes one line naming
   the path and the cause.
+* The layout: the names of what a run directory holds (below), one place for all of them.
+  Imports no torch: the Modal run listing reads run directories with it.
+
+    <run>/config.yaml, command.txt, env.json     the resolved config and provenance
+    <run>/metrics.jsonl, metrics.json            one row per epoch; the final result
+    <run>/events.out.tfevents.*                  TensorBoard
+    <run>/<checkpoint_dir>/last, best, epoch_NNNN   checkpoints (checkpoint_dir: config key)
 """
 
 from __future__ import annotations
@@ -24,9 +31,17 @@ import socket
 import time
 from pathlib import Path
 
-from trainer.config import ConfigError
+import yaml
+
+from trainer.config import Config, ConfigError
 
 log = logging.getLogger("trainer")
+
+# the run directory's layout
+CONFIG, COMMAND, ENV = "config.yaml", "command.txt", "env.json"
+METRICS_JSONL, METRICS_JSON = "metrics.jsonl", "metrics.json"
+CHECKPOINT_DIR = Config.checkpoint_dir  # the default of config key checkpoint_dir ("checkpoints")
+LAST, BEST = "last", "best"  # checkpoints: the newest epoch; the best val macro F1 so far
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 LOCK = ".lock"
@@ -41,6 +56,25 @@ class StorageError(ConfigError):
 
 class RunLockedError(ConfigError):
     """Another live process holds the run directory."""
+
+
+def epoch_checkpoint(epoch: int) -> str:
+    """Name of the checkpoint kept for `epoch` every save_freq epochs: epoch_NNNN."""
+    return f"epoch_{epoch:04d}"
+
+
+def checkpoint_dir_of(run: Path) -> str:
+    """The run's `checkpoint_dir` from its config.yaml (default CHECKPOINT_DIR)."""
+    try:
+        value = (yaml.safe_load((Path(run) / CONFIG).read_text()) or {}).get("checkpoint_dir")
+    except (OSError, yaml.YAMLError, AttributeError):
+        value = None
+    return value if isinstance(value, str) and value else CHECKPOINT_DIR
+
+
+def checkpoints_of(run: Path) -> Path:
+    """<run>/<checkpoint_dir>, the directory holding the run's checkpoints (checkpoint_dir from its config.yaml)."""
+    return Path(run) / checkpoint_dir_of(run)
 
 
 def check_name(value: str, key: str) -> str:

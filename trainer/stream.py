@@ -5,7 +5,7 @@ trial (ASHA), a Modal trial streamed back to the sweep, and cross-validation in 
 (trainer/cv.py), which advances k folds one epoch at a time. The trainer thread runs only
 while the consumer waits for its next row, so several streams in one process never train
 at the same time (Accelerate's per-process state is rebuilt by each train(), see
-run.new_accelerator, and the global RNG is re-seeded every epoch).
+build.new_accelerator, and the global RNG is re-seeded every epoch).
 """
 
 from __future__ import annotations

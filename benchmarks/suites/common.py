@@ -1,7 +1,7 @@
 """The pipeline suites' shared setup: one training config with its synthetic data prepared the
 trainer's way, and the trainer's own training step.
 
-The names the suites take from `trainer.run` are imported here, once; the other suite modules
+The names the suites take from the trainer (`trainer.build`, `trainer.run`) are imported here, once; the other suite modules
 import them from this module.
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch.utils.data import DataLoader
 
 from benchmarks.measure import bare_step
+from trainer.build import EpochSampler, build_training, make_accelerator, prepare_data
 from trainer.config import Config, make_config
 from trainer.data import load_splits
 from trainer.models import build_model
-from trainer.run import EpochSampler, make_accelerator, make_optimizer, prepare_data, train
+from trainer.run import train
 
 __all__ = ["Batches", "EpochSampler", "Pipeline", "QUICK_DATA", "bare_for", "derived", "make_accelerator",
            "make_pipeline", "real_step_setup", "train"]
@@ -30,7 +30,7 @@ class Pipeline:
 
     cfg: Config
     recordings: tuple[list, list]
-    data: object  # trainer.run.Data
+    data: object  # trainer.build.Data
     device: torch.device
     precision: str
     config_name: str
@@ -106,18 +106,7 @@ class Batches:
 
 
 def real_step_setup(pipe: Pipeline):
-    """Model, optimizer, loader and loss arguments exactly as `trainer.run.train` builds them."""
-    cfg, data = pipe.cfg, pipe.data
-    C = len(data.class_names)
-    accelerator, _ = make_accelerator(cfg, None)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, input_dim=data.pipeline.dim, num_classes=C)
-    optimizer = make_optimizer(cfg, model)
-    sampler = EpochSampler(len(data.train_ds), cfg.seed)
-    loader = DataLoader(data.train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        pin_memory=accelerator.device.type == "cuda", persistent_workers=False)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    weights = torch.tensor(cfg.class_weights or [1.0] * C, dtype=torch.float32, device=accelerator.device)
-    loss_kwargs = {"weight": weights, "label_smoothing": cfg.label_smoothing,
-                   "focal_gamma": cfg.focal_gamma if cfg.loss == "focal" else 0.0}
-    return accelerator, model, optimizer, Batches(loader, sampler, data.train_ds), loss_kwargs
+    """Model, optimizer, loader and loss arguments from `trainer.build.build_training`: the setup `trainer.run.train` runs."""
+    accelerator, precision = make_accelerator(pipe.cfg, None)
+    s = build_training(pipe.cfg, accelerator, precision, data=pipe.data)
+    return accelerator, s.model, s.optimizer, Batches(s.train_loader, s.sampler, s.data.train_ds), s.loss_kwargs

@@ -49,7 +49,7 @@ def feature_dim(cfg: Config) -> int:
 def resolve_precision(cfg: Config, requested: str, measure_slow: bool) -> tuple[str | None, str, str]:
     """(precision to time or None to skip, precision the trainer would use, note).
 
-    The trainer's own rules decide (trainer.run.make_accelerator): fp16 without CUDA -> fp32;
+    The trainer's own rules decide (trainer.build.make_accelerator): fp16 without CUDA -> fp32;
     bf16 + LSTM on a CPU -> fp32 (~30x slower otherwise); bf16 on a GPU without bf16 -> fp16.
     """
     _, used = make_accelerator(cfg, None)

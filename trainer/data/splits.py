@@ -116,7 +116,7 @@ def split_by_time(recs: list[Recording], data, *, gap_frames=None) -> tuple[list
 
 def time_gap_frames(cfg, fps: float) -> int:
     """by_time's gap in frames at `fps`: max(one window span, data.time_gap seconds)."""
-    from trainer.run import window_length  # the run module owns the window length
+    from trainer.data.windows import window_length  # windows imports torch; reading splits does not
 
     span = (window_length(cfg, fps) - 1) * cfg.frame_gap + 1
     return max(span, round(cfg.data.time_gap * fps))

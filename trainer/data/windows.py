@@ -55,6 +55,32 @@ def make_sequences(recs, feats, num_classes: int) -> list[Sequence]:
     return out
 
 
+def window_length(cfg, fps: float) -> int:
+    """Frames per window: sequence_length, or window_seconds converted at the data's fps.
+
+    cfg: a trainer.config.Config (only window_seconds, frame_gap and sequence_length are read).
+    """
+    if cfg.window_seconds > 0:
+        return max(2, round(cfg.window_seconds * fps / cfg.frame_gap))
+    return cfg.sequence_length
+
+
+def window_fps(cfg, recs) -> float:
+    """The one frame rate window_seconds is converted at; DataError when the videos disagree.
+
+    One window length serves every video, so with window_seconds > 0 and videos of different
+    frame rates the same seconds would be different frame counts (e.g. 30 and 120 fps).
+    """
+    rates: dict[float, list[str]] = {}
+    for r in recs:
+        rates.setdefault(round(float(r.fps), 2), []).append(r.video_id)
+    if cfg.window_seconds > 0 and len(rates) > 1:
+        listed = "; ".join(f"{f:g} fps: {len(v)} video(s), e.g. {v[0]}" for f, v in sorted(rates.items()))
+        raise DataError(f"window_seconds={cfg.window_seconds:g} needs one frame rate, but the videos have "
+                        f"{listed}; train one model per frame rate or set sequence_length (frames) instead")
+    return float(recs[0].fps)
+
+
 class WindowDataset(Dataset):
     """Windows of `length` frames; each item is a dict of tensors:
 
