@@ -338,12 +338,10 @@ def test_tensorboard_serves_the_volume_runs_and_picks_up_new_ones(vol, monkeypat
 
 # ----------------------------------------------------------------------------- the other engineers' entry points
 
-HARNESS = ROOT / "benchmarks" / "bench_train.py"
 BENCH_ARGS = ("--suite model --models conv_bilstm --batch-sizes 8 --seq-len 16 --windows 1 --warmup 1 "
               "--min-window-s 0.05 --model-size default")
 
 
-@pytest.mark.skipif(not HARNESS.is_file(), reason="benchmarks/bench_train.py (issue 5) is not in this branch yet")
 def test_bench_runs_the_harness_and_appends_its_records(vol):
     results = json.loads(modal_cluster.bench.local(gpus="t4", args=BENCH_ARGS))
     records = results["T4"]
@@ -354,7 +352,6 @@ def test_bench_runs_the_harness_and_appends_its_records(vol):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (ROOT / "tune.py").is_file(), reason="tune.py (issue 4) is not in this branch yet")
 def test_tune_modal_backend_runs_a_real_sweep(tmp_path):
     vol = tmp_path / "vol"
     env = dict(clean_env(tmp_path), **{modal_cluster.LOCAL_ENV: str(vol)})  # train_trial.local for the remote call
