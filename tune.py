@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import functools
 import importlib.util
 import json
 import logging
@@ -93,14 +92,13 @@ class Sweep:
     gpu: str = ""  # Modal GPU type for --backend modal
     options: dict = dataclasses.field(default_factory=dict)  # num_samples, scheduler, ... (for the record)
 
+    def __post_init__(self):
+        # parsed once, here: trials get it with the pickled Sweep (not a field: sweep.json keeps the mapping)
+        self.parsed_space: Space = parse_space(self.space, where=f"search space {self.space_path}".strip())
+
     @property
     def dir(self) -> Path:
         return Path(self.storage) / self.name
-
-    @functools.cached_property
-    def parsed_space(self) -> Space:
-        """`space` parsed, once per Sweep object (a trial's worker gets it with the pickled Sweep)."""
-        return parse_space(self.space, where=f"search space {self.space_path}".strip())
 
     @property
     def runs_dir(self) -> Path:
