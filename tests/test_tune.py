@@ -102,6 +102,7 @@ def sweep_result(ray_cluster, tmp_path_factory):
     return sweep, {json.dumps(r["params"]["class_weights"]): r for r in rows}, rows
 
 
+@pytest.mark.slow  # the module's ASHA sweep of three tiny trials: ~25 s
 def test_asha_stops_the_weak_trial_and_a_failing_trial_does_not_stop_the_sweep(sweep_result):
     sweep, by_weights, rows = sweep_result
     good, weak, bad = (by_weights[k] for k in ("[1, 5, 5, 5]", "[1, 0, 0, 0]", "[1, 1e+38, 1e+38, 1e+38]"))
@@ -114,6 +115,7 @@ def test_asha_stops_the_weak_trial_and_a_failing_trial_does_not_stop_the_sweep(s
     assert len(summary["trials"]) == 3 and summary["wall_time_s"] > 0
 
 
+@pytest.mark.slow  # the module's ASHA sweep of three tiny trials: ~25 s
 def test_trials_share_one_feature_store_and_the_sweep_featurises_once(sweep_result):
     sweep, _, rows = sweep_result
     counts = json.loads((sweep.dir / "trials.json").read_text())["feature_store"]
@@ -122,6 +124,7 @@ def test_trials_share_one_feature_store_and_the_sweep_featurises_once(sweep_resu
     assert counts["hits"] >= len(rows) * videos
 
 
+@pytest.mark.slow  # the module's ASHA sweep of three tiny trials: ~25 s
 def test_trials_share_one_tensorboard_dir_with_hparams(sweep_result):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -152,6 +155,7 @@ def test_trials_share_one_tensorboard_dir_with_hparams(sweep_result):
     assert (good / "checkpoints" / "best" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # the module's ASHA sweep of three tiny trials: ~25 s
 def test_best_yaml_is_a_complete_config_that_reproduces_the_best_trial(sweep_result, tmp_path):
     sweep, by_weights, rows = sweep_result
     best_yaml = sweep.dir / "best.yaml"
@@ -180,6 +184,7 @@ def _closing_stream(overrides: dict, *, gpu: str, marks: str):
     Path(marks, f"{lr}.finished").write_text(name)
 
 
+@pytest.mark.slow  # starts Ray and runs a two-trial sweep
 def test_stream_backend_closes_the_stream_of_a_trial_asha_stops(ray_cluster, tmp_path):
     space = {"learning_rate": {"grid": [0.08, 0.01]}}
     sweep = _sweep(tmp_path, "stream", space, epochs=8)
@@ -195,6 +200,7 @@ def test_stream_backend_closes_the_stream_of_a_trial_asha_stops(ray_cluster, tmp
     assert rows[0]["val_macro_f1"] == pytest.approx(0.64) and rows[1]["epochs"] == 2
 
 
+@pytest.mark.slow  # a sweep of three 8-epoch trials, killed and resumed
 def test_resume_after_the_driver_is_killed_redoes_no_finished_work(ray_cluster, tmp_path):
     space = tmp_path / "lr.yaml"
     space.write_text("learning_rate: {grid: [0.002, 0.003, 0.004]}   # three trials, run one at a time\n")
