@@ -67,6 +67,7 @@ def test_results_append_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
 
 
+@pytest.mark.slow  # five benchmark suites
 def test_pipeline_suites_run_on_tiny_data(tmp_path):
     out = tmp_path / "pipe.json"
     records = bench_train.run_benchmarks([

@@ -254,6 +254,7 @@ def test_entrypoint_trains_in_process(vol, capsys):
     assert ckpt_io.resolve(vol / "runs" / "cli-run") is not None
 
 
+@pytest.mark.slow  # a training run
 def test_train_trial_streams_epochs_and_closing_stops_training(vol):
     rows = list(modal_cluster.train_trial.local(dict(TINY), "trial-full", {}))
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -313,6 +314,7 @@ def _runs_served(port: int, want: set[str], wait_s: float = 60.0) -> set[str]:
     return seen
 
 
+@pytest.mark.slow  # a TensorBoard server
 def test_tensorboard_serves_the_volume_runs_and_picks_up_new_ones(vol, monkeypatch):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -370,6 +372,7 @@ def test_tune_modal_backend_runs_a_real_sweep(tmp_path):
     assert all(t["status"] in ("done", "stopped") for t in trials), log
 
 
+@pytest.mark.slow  # featurises 5 videos in 2 stand-in containers
 def test_featurize_maps_videos_over_containers_into_the_volume_store(vol):
     config = {"data.synthetic.num_videos": 5, "data.synthetic.frames_per_video": 200}
     out = modal_cluster.featurize.local(config, 2)

@@ -13,6 +13,7 @@ def test_deterministic_by_seed():
     assert not np.array_equal(a.keypoints, c.keypoints, equal_nan=True)
 
 
+@pytest.mark.slow  # generates 18,000 frames
 def test_realistic_imbalance_and_tracking():
     recs = generate_dataset(6, frames=3000, seed=1)
     lab = np.concatenate([r.labels[:, 0] for r in recs])
