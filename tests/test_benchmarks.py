@@ -30,6 +30,7 @@ def model_results(tmp_path_factory):
     return out, records
 
 
+@pytest.mark.slow  # the module's tiny benchmark run (model_results)
 def test_model_suite_writes_valid_json(model_results):
     out, records = model_results
     saved = json.loads(out.read_text())
@@ -45,6 +46,7 @@ def test_model_suite_writes_valid_json(model_results):
         assert r["device_slug"].startswith("cpu-")
 
 
+@pytest.mark.slow  # the module's tiny benchmark run (model_results)
 def test_fp16_on_cpu_is_recorded_as_fp32_fallback(model_results):
     _, records = model_results
     fp16 = [r for r in records if r["suite"] == "model" and r["precision_requested"] == "fp16"]
@@ -52,6 +54,7 @@ def test_fp16_on_cpu_is_recorded_as_fp32_fallback(model_results):
     assert all("it_per_s" not in r for r in fp16)  # not timed twice, not passed off as fp16
 
 
+@pytest.mark.slow  # the module's tiny benchmark run (model_results)
 def test_seed_parameter_count_is_measured(model_results):
     _, records = model_results
     params = {r["model"]: r for r in records if r["suite"] == "params"}
@@ -107,6 +110,7 @@ def fake_records(model_results) -> list[dict]:
     return records + [a10g]
 
 
+@pytest.mark.slow  # the module's tiny benchmark run (model_results)
 def test_check_claims_table(model_results):
     claims = check_claims.load_claims()
     assert len(claims) >= 10 and all("what" in c for c in claims)
@@ -152,6 +156,7 @@ def test_gpu_names_match_as_words():
     assert not check_claims.on_device(rec, "cpu") and check_claims.on_device(rec, "any")
 
 
+@pytest.mark.slow  # the module's tiny benchmark run (model_results)
 def test_plot_draws_a_column_per_model_and_a_line_per_series(model_results, tmp_path):
     """The tiny CPU run's figure: it/s over memory per model, one line per measured series with its numbers."""
     import matplotlib.image
