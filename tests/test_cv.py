@@ -135,6 +135,7 @@ def test_by_time_blocks_are_disjoint_with_a_gap_and_cover_every_frame_once():
     assert (seen == 1).all()
 
 
+@pytest.mark.slow  # trains on one video
 def test_one_video_can_train_with_by_time_and_the_by_video_error_says_so(tiny, tmp_path):
     one = [*tiny, "data.synthetic.num_videos=1", "data.synthetic.frames_per_video=1200"]
     with pytest.raises(DataError, match="found 1; .*data.split=by_time"):

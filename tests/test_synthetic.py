@@ -28,6 +28,7 @@ def test_realistic_imbalance_and_tracking():
     assert r.class_names == CLASS_NAMES
 
 
+@pytest.mark.slow  # generates 12,000 frames
 def test_behaviour_kinematics_differ():
     recs = generate_dataset(4, frames=3000, seed=2)
     speed, dist = {c: [] for c in range(4)}, {c: [] for c in range(4)}
