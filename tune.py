@@ -33,20 +33,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import ray
-import yaml
 from ray import tune as ray_tune
 
 from trainer.config import (
     ConfigError,
-    all_keys,
     config_to_yaml,
     flat_dict,
-    load_yaml,
     make_config,
     parse_override,
 )
-from trainer.hints import did_you_mean
 from trainer.rundir import check_name
+from trainer.search_space import Space, base_point, check_space, parse_space, read_space
 
 log = logging.getLogger("tune")
 
@@ -62,41 +59,10 @@ SMOKE_OVERRIDES = {  # --smoke-test: seconds per trial on a CPU
 }
 
 
-# ============================================================================ search spaces
+# ============================================================================ search spaces in Ray
 
-
-@dataclasses.dataclass(frozen=True)
-class Dist:
-    """One sampled value: `kind` is a key of DISTRIBUTIONS, `args` its bounds or options."""
-
-    kind: str
-    args: list
-
-    def to_ray(self):
-        """The Ray Tune domain. List options travel as YAML strings ("[1, 5, 5, 5]"): Optuna and
-        Tune's result tables only take scalars."""
-        return DISTRIBUTIONS[self.kind](self.encoded())
-
-    def encoded(self) -> list:
-        if self.kind in ("choice", "grid"):
-            return [_encode(v) for v in self.args]
-        return list(self.args)
-
-    def probes(self) -> list:
-        """Values checked against the config before the sweep starts (bounds, every option)."""
-        return list(self.args)
-
-
-def _encode(v):
-    return yaml.safe_dump(v, default_flow_style=True, width=1000).strip() if isinstance(v, list | dict) else v
-
-
-def _decode(v):
-    return yaml.safe_load(v) if isinstance(v, str) and v[:1] in "[{" else v
-
-
-# kind -> builder of the Ray domain; bounds are inclusive ("randint: [16, 64]" can give 64)
-DISTRIBUTIONS: dict[str, Callable] = {
+# search_space.KINDS -> builder of the Ray domain from Dist.encoded(); bounds are inclusive
+RAY_DOMAINS: dict[str, Callable] = {
     "choice": lambda a: ray_tune.choice(a),
     "grid": lambda a: ray_tune.grid_search(a),
     "uniform": lambda a: ray_tune.uniform(a[0], a[1]),
@@ -105,213 +71,9 @@ DISTRIBUTIONS: dict[str, Callable] = {
 }
 
 
-def _number(x):
-    """YAML 1.1 reads 1e-4 (no dot) as a string: take it as the number it is meant to be."""
-    if isinstance(x, str):
-        with contextlib.suppress(ValueError):
-            return float(x)
-    return x
-
-
-def _parse_dist(where: str, spec: dict) -> Dist:
-    """{loguniform: [1e-4, 1e-2]} -> Dist, with one-line errors for malformed specs."""
-    if len(spec) != 1:
-        raise ConfigError(f"{where}: a distribution is one of {', '.join(DISTRIBUTIONS)} with its arguments, "
-                          f"got {spec!r}")
-    (kind, args), = spec.items()
-    if kind not in DISTRIBUTIONS:
-        raise ConfigError(f"{where}: unknown distribution '{kind}'{did_you_mean(kind, DISTRIBUTIONS)}")
-    if kind in ("choice", "grid"):
-        if not isinstance(args, list) or not args:
-            raise ConfigError(f"{where}: {kind} needs a non-empty list of options, got {args!r}")
-        return Dist(kind, args)
-    if isinstance(args, list):
-        args = [_number(x) for x in args]
-    numeric = isinstance(args, list) and len(args) == 2 and all(
-        isinstance(x, int | float) and not isinstance(x, bool) for x in args)
-    if not numeric or not args[0] < args[1]:
-        raise ConfigError(f"{where}: {kind} needs [low, high] with low < high, got {args!r}")
-    if kind == "loguniform" and args[0] <= 0:
-        raise ConfigError(f"{where}: loguniform needs low > 0, got {args!r}")
-    if kind == "randint" and not all(isinstance(x, int) for x in args):
-        raise ConfigError(f"{where}: randint needs integer bounds, got {args!r}")
-    return Dist(kind, list(args))
-
-
-@dataclasses.dataclass
-class Space:
-    """A search space: Ray parameters, fixed values, and how they become config overrides."""
-
-    params: dict[str, Dist]  # Ray parameter name (a config key, or class_weights.<class>) -> distribution
-    fixed: dict  # config key -> the value of every trial
-    class_weights: list | None = None  # per-class form: a parameter name or a fixed number per class
-    class_names: list | None = None  # class names of the per-class form, in the data's order
-
-    def overrides(self, params: dict) -> dict:
-        """Ray's sampled `params` -> {dotted config key: value} for make_config."""
-        out = dict(self.fixed)
-        for name in self.params:
-            if not name.startswith("class_weights."):
-                out[name] = _decode(params[name])
-        if self.class_weights is not None:
-            out["class_weights"] = [float(params[w]) if isinstance(w, str) else w for w in self.class_weights]
-        return out
-
-    def to_ray(self) -> dict:
-        return {name: dist.to_ray() for name, dist in self.params.items()}
-
-    def swept_keys(self) -> list[str]:
-        """Config keys that differ between trials (class_weights once for its per-class parameters)."""
-        keys = [name for name in self.params if not name.startswith("class_weights.")]
-        if any(isinstance(w, str) for w in self.class_weights or []):
-            keys.append("class_weights")
-        return keys
-
-
-def _section_keys(keys: list[str]) -> set[str]:
-    return {k.rsplit(".", i)[0] for k in keys for i in range(1, k.count(".") + 1)}
-
-
-def _flatten_space(raw: dict, where: str, keys: list[str], prefix: str = "") -> dict:
-    """Nested sections (`data: {synthetic: {difficulty: ...}}`) -> dotted keys; unknown keys fail."""
-    out = {}
-    sections = _section_keys(keys)
-    for key, value in raw.items():
-        full = f"{prefix}{key}"
-        if full in sections and isinstance(value, dict):
-            out.update(_flatten_space(value, where, keys, f"{full}."))
-        elif full not in keys:
-            raise ConfigError(f"{where}: unknown config key '{full}'{did_you_mean(full, keys)}")
-        else:
-            out[full] = value
-    return out
-
-
-def parse_space(raw: dict, where: str = "search space") -> Space:
-    """Search-space mapping (a YAML file's content) -> Space; unknown keys and bad specs raise ConfigError.
-
-    Values: a distribution `{choice|grid|uniform|loguniform|randint: ...}`, a plain value (fixed in
-    every trial), or for `class_weights` the per-class form `{classes: [...], background: 1.0,
-    each: {loguniform: [1, 20]}}` (background: a number keeps it fixed, a distribution sweeps it).
-    """
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a mapping of config key: distribution")
-    keys = all_keys()
-    space = Space(params={}, fixed={})
-    for key, value in _flatten_space(raw, where, keys).items():
-        here = f"{where}: {key}"
-        if key == "class_weights" and isinstance(value, dict) and "each" in value:
-            _parse_class_weights(space, value, here)
-        elif isinstance(value, dict):
-            space.params[key] = _parse_dist(here, value)
-        else:
-            space.fixed[key] = value
-    return space
-
-
-def _parse_class_weights(space: Space, spec: dict, where: str) -> None:
-    unknown = set(spec) - {"classes", "background", "each"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown entry '{sorted(unknown)[0]}' (per-class weights take classes, "
-                          "background, each)")
-    classes = spec.get("classes")
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
-        raise ConfigError(f"{where}: 'classes' must list the class names in the data's order, background first")
-    if not isinstance(spec["each"], dict):
-        raise ConfigError(f"{where}: 'each' must be a distribution such as {{loguniform: [1.0, 20.0]}}")
-    background = spec.get("background", 1.0)
-    weights: list = []
-    if isinstance(background, dict):
-        space.params[f"class_weights.{classes[0]}"] = _parse_dist(f"{where}.background", background)
-        weights.append(f"class_weights.{classes[0]}")
-    elif isinstance(background, int | float) and not isinstance(background, bool) and background >= 0:
-        weights.append(float(background))
-    else:
-        raise ConfigError(f"{where}: 'background' must be a number >= 0 or a distribution, got {background!r}")
-    each = _parse_dist(f"{where}.each", spec["each"])
-    if each.kind not in ("uniform", "loguniform", "choice"):
-        raise ConfigError(f"{where}.each: per-class weights take uniform, loguniform or choice, not {each.kind}")
-    for c in classes[1:]:
-        space.params[f"class_weights.{c}"] = each
-        weights.append(f"class_weights.{c}")
-    space.class_weights, space.class_names = weights, list(classes)
-
-
-def read_space(path: str | Path) -> dict:
-    """A search-space YAML as a mapping with dotted keys; one-line errors for missing/broken files."""
-    raw = load_yaml(path, kind="search space", hint=" (see search_spaces/)")
-    return _flatten_space(raw, f"search space {Path(path)}", all_keys())
-
-
-def load_space(path: str | Path) -> Space:
-    return parse_space(read_space(path), where=f"search space {path}")
-
-
-def check_space(space: Space, base: dict, *, search: str = "random", where: str = "search space") -> None:
-    """Try every bound and option of `space` on the base config, so a bad space fails before any trial."""
-    flat = flat_dict(base)
-    if search == "optuna" and any(d.kind == "grid" for d in space.params.values()):
-        raise ConfigError(f"{where}: grid works with --search random only (Optuna samples; use choice)")
-    probes: list[dict] = [dict(space.fixed)]
-    for name, dist in space.params.items():
-        if name.startswith("class_weights."):
-            continue
-        if isinstance(flat.get(name), int) and not isinstance(flat.get(name), bool) and \
-                dist.kind in ("uniform", "loguniform"):
-            raise ConfigError(f"{where}: {name} is an integer key; use randint or choice, not {dist.kind}")
-        probes += [{name: v} for v in dist.probes()]
-    if space.class_weights is not None:
-        for i in (0, -1):
-            probes.append({"class_weights": [w if not isinstance(w, str) else float(space.params[w].probes()[i])
-                                             for w in space.class_weights]})
-        if flat.get("data.format") == "synthetic":
-            from trainer.data.synthetic import CLASS_NAMES
-
-            if space.class_names != list(CLASS_NAMES):
-                raise ConfigError(f"{where}: class_weights classes {space.class_names} differ from the synthetic "
-                                  f"data's classes {list(CLASS_NAMES)}")
-    for overrides in probes:
-        try:
-            make_config(None, overrides, base=base)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {str(e).removeprefix('override: ')}") from None
-
-
-def base_point(space: Space, base: dict) -> dict | None:
-    """The base config's own values as a point of `space` (the sweep's first trial), or None when the base
-    config lies outside the space (a value that is not an option, out of bounds) or the space has grids."""
-    flat = flat_dict(base)
-    point = {}
-    for name, dist in space.params.items():
-        if dist.kind == "grid":
-            return None
-        if name.startswith("class_weights."):
-            continue
-        value = flat[name]
-        if name == "class_weights" and value == []:  # [] = all 1: the all-ones option, if there is one
-            value = next((o for o in dist.args if isinstance(o, list) and set(o) == {1}), value)
-        if dist.kind == "choice":
-            if value not in dist.args:
-                return None
-            point[name] = _encode(value)
-        elif not dist.args[0] <= value <= dist.args[1]:
-            return None
-        else:
-            point[name] = value
-    if space.class_weights is not None:
-        weights = flat["class_weights"] or [1.0] * len(space.class_weights)
-        if len(weights) != len(space.class_weights):
-            return None
-        for w, value in zip(space.class_weights, weights):
-            if not isinstance(w, str):
-                if w != value:
-                    return None
-                continue
-            dist = space.params[w]
-            if not (value in dist.args if dist.kind == "choice" else dist.args[0] <= value <= dist.args[1]):
-                return None
-            point[w] = float(value)
-    return point
+def ray_param_space(space: Space) -> dict:
+    """Tune's param_space: each parameter's Ray domain."""
+    return {name: RAY_DOMAINS[dist.kind](dist.encoded()) for name, dist in space.params.items()}
 
 
 # ============================================================================ where a trial runs
@@ -329,6 +91,10 @@ class Sweep:
     backend: str = "local"
     gpu: str = ""  # Modal GPU type for --backend modal
     options: dict = dataclasses.field(default_factory=dict)  # num_samples, scheduler, ... (for the record)
+
+    def __post_init__(self):
+        # parsed once, here: trials get it with the pickled Sweep (not a field: sweep.json keeps the mapping)
+        self.parsed_space: Space = parse_space(self.space, where=f"search space {self.space_path}".strip())
 
     @property
     def dir(self) -> Path:
@@ -370,11 +136,11 @@ def trial_run_name(trial_id: str, space: Space, params: dict) -> str:
 class TrialDirname:
     """Ray's trial_dirname_creator: the same name as the trial's run directory (a class: Tune pickles it)."""
 
-    def __init__(self, space_raw: dict):
-        self.space_raw = space_raw
+    def __init__(self, space: Space):
+        self.space = space
 
     def __call__(self, trial) -> str:
-        return trial_run_name(trial.trial_id, parse_space(self.space_raw), trial.config)
+        return trial_run_name(trial.trial_id, self.space, trial.config)
 
 
 def trial_config_overrides(sweep: Sweep, params: dict, trial_id: str) -> dict:
@@ -382,7 +148,7 @@ def trial_config_overrides(sweep: Sweep, params: dict, trial_id: str) -> dict:
 
     resume=auto: a trial restarted by `--resume` continues from its own last checkpoint.
     """
-    space = parse_space(sweep.space)
+    space = sweep.parsed_space
     return {**space.overrides(params), "output_dir": str(sweep.runs_dir),
             "name": trial_run_name(trial_id, space, params), "resume": "auto"}
 
@@ -428,7 +194,7 @@ def run_local_trial(params: dict, *, sweep: Sweep) -> None:
             return
         send(row)
 
-    train(cfg, on_epoch_end=report, hparam_keys=parse_space(sweep.space).swept_keys())
+    train(cfg, on_epoch_end=report, hparam_keys=sweep.parsed_space.swept_keys())
     for row in final:
         send(row)
 
@@ -469,7 +235,7 @@ class StreamTrial(ray_tune.Trainable):
 
     def setup(self, config: dict, *, sweep: Sweep, stream: Callable[..., Iterator[dict]]):
         # the complete config as flat overrides (validated by the driver's check_space and again remotely)
-        space = parse_space(sweep.space)
+        space = sweep.parsed_space
         overrides = {**flat_dict(sweep.base), **space.overrides(config),
                      "name": f"{sweep.name}-{trial_run_name(self.trial_id, space, config)}", "resume": "auto"}
         overrides.pop("output_dir")  # the remote side decides where its runs live
@@ -581,7 +347,7 @@ def fit_interruptibly(tuner) -> tuple[object, bool]:
 
 
 def max_epochs(sweep: Sweep) -> int:
-    dist = parse_space(sweep.space).params.get("epochs")
+    dist = sweep.parsed_space.params.get("epochs")
     return int(max(dist.probes())) if dist is not None else int(sweep.base["epochs"])
 
 
@@ -615,7 +381,7 @@ def make_tuner(sweep: Sweep, trainable, *, num_samples: int, scheduler: str, sea
         sched = FIFOScheduler()
     # the first trial is the base config itself (when the space contains it): the table then shows what
     # the sweep gained over it, measured the same way
-    point = base_point(parse_space(sweep.space), sweep.base)
+    point = base_point(sweep.parsed_space, sweep.base)
     first = [point] if point else None
     if search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -629,11 +395,11 @@ def make_tuner(sweep: Sweep, trainable, *, num_samples: int, scheduler: str, sea
                                            max_concurrent=max_concurrent)
     return ray_tune.Tuner(
         ray_tune.with_resources(trainable, resources),
-        param_space=parse_space(sweep.space).to_ray(),
+        param_space=ray_param_space(sweep.parsed_space),
         tune_config=ray_tune.TuneConfig(
             metric=METRIC, mode="max", num_samples=num_samples, scheduler=sched, search_alg=search_alg,
             max_concurrent_trials=(max_concurrent or None) if search == "optuna" else None,
-            trial_dirname_creator=TrialDirname(sweep.space),
+            trial_dirname_creator=TrialDirname(sweep.parsed_space),
             reuse_actors=reuse_actors,
         ),
         run_config=ray_tune.RunConfig(
@@ -759,7 +525,7 @@ def trial_table(grid, sweep: Sweep, *, previous: dict | None = None, running: se
     sweep) | error. previous: rows of an earlier trials.json, whose sampled values and error
     are kept for errored trials (Tune restores those without their config).
     """
-    space = parse_space(sweep.space)
+    space = sweep.parsed_space
     epochs = max_epochs(sweep)
     point = base_point(space, sweep.base)
     previous, running = previous or {}, running or set()
@@ -903,10 +669,10 @@ def new_sweep(args: argparse.Namespace) -> Sweep:
     if (Path(storage) / name / "sweep.json").exists():
         raise ConfigError(f"sweep '{name}' already exists in {storage}; pass --resume to continue it "
                           "or choose another --name")
-    check_space(parse_space(space_raw, where=f"search space {args.space}"), base, search=args.search,
-                where=f"search space {args.space}")
-    return Sweep(name=name, storage=storage, base=base, space=space_raw, space_path=str(args.space),
-                 backend=args.backend, gpu=args.gpu or base["modal_gpu"])
+    sweep = Sweep(name=name, storage=storage, base=base, space=space_raw, space_path=str(args.space),
+                  backend=args.backend, gpu=args.gpu or base["modal_gpu"])
+    check_space(sweep.parsed_space, base, search=args.search, where=f"search space {args.space}")
+    return sweep
 
 
 def find_sweep(storage: str, name: str | None) -> Sweep:

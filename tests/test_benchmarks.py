@@ -30,6 +30,7 @@ def model_results(tmp_path_factory):
     return out, records
 
 
+@pytest.mark.slow  # the module's tiny benchmark run (model_results)
 def test_model_suite_writes_valid_json(model_results):
     out, records = model_results
     saved = json.loads(out.read_text())
@@ -45,6 +46,7 @@ def test_model_suite_writes_valid_json(model_results):
         assert r["device_slug"].startswith("cpu-")
 
 
+@pytest.mark.slow  # the module's tiny benchmark run (model_results)
 def test_fp16_on_cpu_is_recorded_as_fp32_fallback(model_results):
     _, records = model_results
     fp16 = [r for r in records if r["suite"] == "model" and r["precision_requested"] == "fp16"]
@@ -52,6 +54,7 @@ def test_fp16_on_cpu_is_recorded_as_fp32_fallback(model_results):
     assert all("it_per_s" not in r for r in fp16)  # not timed twice, not passed off as fp16
 
 
+@pytest.mark.slow  # the module's tiny benchmark run (model_results)
 def test_seed_parameter_count_is_measured(model_results):
     _, records = model_results
     params = {r["model"]: r for r in records if r["suite"] == "params"}
@@ -67,6 +70,7 @@ def test_results_append_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
 
 
+@pytest.mark.slow  # five benchmark suites
 def test_pipeline_suites_run_on_tiny_data(tmp_path):
     out = tmp_path / "pipe.json"
     records = bench_train.run_benchmarks([
@@ -106,6 +110,7 @@ def fake_records(model_results) -> list[dict]:
     return records + [a10g]
 
 
+@pytest.mark.slow  # the module's tiny benchmark run (model_results)
 def test_check_claims_table(model_results):
     claims = check_claims.load_claims()
     assert len(claims) >= 10 and all("what" in c for c in claims)
@@ -151,10 +156,28 @@ def test_gpu_names_match_as_words():
     assert not check_claims.on_device(rec, "cpu") and check_claims.on_device(rec, "any")
 
 
-def test_plot_writes_png(model_results, tmp_path):
+@pytest.mark.slow  # the module's tiny benchmark run (model_results)
+def test_plot_draws_a_column_per_model_and_a_line_per_series(model_results, tmp_path):
+    """The tiny CPU run's figure: it/s over memory per model, one line per measured series with its numbers."""
+    import matplotlib.image
+
     _, records = model_results
+    ok = {r["model"]: r for r in records if r["suite"] == "model" and r["status"] == "ok"}
+    fig = plot.figure(records, include_quick=True)
+    assert len(fig.axes) == 2 * len(ok) == 4  # top row it/s, bottom row memory
+    for j, model in enumerate(sorted(ok)):
+        top, bottom = fig.axes[j], fig.axes[len(ok) + j]
+        assert top.get_title() == model and top.get_ylabel() == "training it/s (median)"
+        assert bottom.get_ylabel() == "peak memory, MB (CPU peak RSS, dashed)"  # CPU only: no GPU curve
+        (speed,), (memory,) = top.get_lines(), bottom.get_lines()  # one series: cpu, fp32, batch 2
+        assert list(speed.get_xdata()) == [2] and list(speed.get_ydata()) == [ok[model]["it_per_s"]]
+        assert list(memory.get_ydata()) == [ok[model]["peak_cpu_rss_mb"]] and memory.get_linestyle() == "--"
+        assert [t.get_text() for t in top.get_legend().get_texts()] == [speed.get_label()]
+        assert "fp32" in speed.get_label() and "T=8" in speed.get_label()
+    plot.plt.close(fig)
     out = plot.plot(records, tmp_path / "t.png", include_quick=True)
-    assert out is not None and out.read_bytes()[:4] == b"\x89PNG"
+    height, width, _ = matplotlib.image.imread(out).shape  # the file is that figure at 110 dpi
+    assert (width, height) == (round(5.5 * len(ok) * 110), round(7.5 * 110))
 
 
 # ---------------------------------------------------------------------------- the loader fix

@@ -19,6 +19,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     (["--config", "nope.yaml"], "error: config file 'nope.yaml' not found"),
     (["data.format=calms21", "data.path=missing.json"], "missing.json"),
 ])
+@pytest.mark.slow  # a CLI subprocess each
 def test_user_mistakes_give_one_line_and_exit_code_2(tmp_path, args, message):
     """The README's run command: a mistake is one line on stderr, exit code 2, no traceback."""
     proc = subprocess.run([sys.executable, str(ROOT / "trainer/run.py"), *args], capture_output=True, text=True,

@@ -1,8 +1,12 @@
 """The synthetic data must need temporal context: a per-frame classifier on the same features
 scores clearly below the sequence model (the issue's acceptance test for the generator)."""
 
+import pytest
+
 from trainer.config import make_config
 from trainer.run import train
+
+pytestmark = pytest.mark.slow  # two 6-epoch trainings on 20,000 frames
 
 
 def test_sequence_model_beats_per_frame_baseline(tmp_path):

@@ -36,6 +36,7 @@ def _assert_oof_covers_every_frame_once(oof: dict, truth: dict) -> None:
     assert np.allclose(oof["probs"].sum(1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow  # k-fold trainings
 def test_kfold_run_writes_cv_json_and_every_frame_out_of_fold_once(tiny, tmp_path):
     assert run_main([*tiny, *KFOLD, "name=cv"]) == 0
     run = tmp_path / "runs" / "cv"
@@ -66,6 +67,7 @@ def test_kfold_run_writes_cv_json_and_every_frame_out_of_fold_once(tiny, tmp_pat
         assert set(np.unique(oof["video_id"][sel])) == set(f["val_videos"])
 
 
+@pytest.mark.slow  # k-fold trainings
 def test_resumed_cross_validation_keeps_finished_folds(tiny, tmp_path):
     calls = []
 
@@ -88,6 +90,7 @@ def test_resumed_cross_validation_keeps_finished_folds(tiny, tmp_path):
     assert len(json.loads((run / "cv.json").read_text())["folds"]) == 2
 
 
+@pytest.mark.slow  # k-fold trainings
 def test_lock_step_stream_reports_the_running_mean_and_matches_the_sequential_run(tiny, tmp_path):
     cfg = make_config(None, [*tiny, *KFOLD, "name=lock"])
     rows = list(cv_epoch_stream(cfg))
@@ -132,6 +135,7 @@ def test_by_time_blocks_are_disjoint_with_a_gap_and_cover_every_frame_once():
     assert (seen == 1).all()
 
 
+@pytest.mark.slow  # trains on one video
 def test_one_video_can_train_with_by_time_and_the_by_video_error_says_so(tiny, tmp_path):
     one = [*tiny, "data.synthetic.num_videos=1", "data.synthetic.frames_per_video=1200"]
     with pytest.raises(DataError, match="found 1; .*data.split=by_time"):
@@ -181,6 +185,7 @@ def test_window_seconds_refuses_videos_of_different_frame_rates(tiny):
     assert prepare_data(cfg, (train, val)).length == 120  # one second at 120 fps
 
 
+@pytest.mark.slow  # k-fold trainings
 def test_closing_the_lock_step_stream_stops_every_fold_and_resume_continues_the_epochs(tiny, tmp_path):
     def epochs(fold: int) -> list[int]:
         lines = (tmp_path / "runs" / "cv" / f"fold_{fold}" / "metrics.jsonl").read_text().splitlines()
@@ -203,6 +208,7 @@ def test_cross_validation_under_several_processes_is_refused_in_one_line(tiny, c
     assert "runs in one process" in caplog.text
 
 
+@pytest.mark.slow  # k-fold trainings
 def test_a_cross_validation_run_predicts_as_the_mean_of_its_fold_models(tiny, tmp_path, caplog):
     """--checkpoint <cv run> is an Ensemble of the fold models; --checkpoint twice averages two models."""
     from trainer.predict import Ensemble, Predictor, load_models

@@ -27,6 +27,7 @@ def test_ema_update_and_applied_restores_raw_weights():
     assert torch.equal(model[0].weight, raw)
 
 
+@pytest.mark.slow  # train, resume and predict
 def test_ema_run_resume_and_predict(tiny, tmp_path):
     over = [*tiny, "epochs=3", "ema_decay=0.9"]
     full = train(make_config(overrides=[*over, "name=full"]))

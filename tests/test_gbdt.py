@@ -154,6 +154,7 @@ def test_frame_rows_skip_unlabelled_and_take_every_kth_frame():
 # ----------------------------------------------------------------------------- the real CLI
 
 
+@pytest.mark.slow  # train, predict and evaluate
 def test_gbdt_run_predict_evaluate_end_to_end(tiny, tmp_path, capsys):
     from trainer.evaluate import main as evaluate_main
     from trainer.predict import main as predict_main

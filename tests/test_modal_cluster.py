@@ -266,6 +266,7 @@ def test_entrypoint_trains_in_process(vol, capsys):
     assert ckpt_io.resolve(vol / "runs" / "cli-run") is not None
 
 
+@pytest.mark.slow  # a training run
 def test_train_trial_streams_epochs_and_closing_stops_training(vol):
     rows = list(modal_cluster.train_trial.local(dict(TINY), "trial-full", {}))
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -325,6 +326,7 @@ def _runs_served(port: int, want: set[str], wait_s: float = 60.0) -> set[str]:
     return seen
 
 
+@pytest.mark.slow  # a TensorBoard server
 def test_tensorboard_serves_the_volume_runs_and_picks_up_new_ones(vol, monkeypatch):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -350,12 +352,10 @@ def test_tensorboard_serves_the_volume_runs_and_picks_up_new_ones(vol, monkeypat
 
 # ----------------------------------------------------------------------------- the other engineers' entry points
 
-HARNESS = ROOT / "benchmarks" / "bench_train.py"
 BENCH_ARGS = ("--suite model --models conv_bilstm --batch-sizes 8 --seq-len 16 --windows 1 --warmup 1 "
               "--min-window-s 0.05 --model-size default")
 
 
-@pytest.mark.skipif(not HARNESS.is_file(), reason="benchmarks/bench_train.py (issue 5) is not in this branch yet")
 def test_bench_runs_the_harness_and_appends_its_records(vol):
     results = json.loads(modal_cluster.bench.local(gpus="t4", args=BENCH_ARGS))
     records = results["T4"]
@@ -366,7 +366,6 @@ def test_bench_runs_the_harness_and_appends_its_records(vol):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (ROOT / "tune.py").is_file(), reason="tune.py (issue 4) is not in this branch yet")
 def test_tune_modal_backend_runs_a_real_sweep(tmp_path):
     vol = tmp_path / "vol"
     env = dict(clean_env(tmp_path), **{modal_cluster.LOCAL_ENV: str(vol)})  # train_trial.local for the remote call
@@ -385,6 +384,7 @@ def test_tune_modal_backend_runs_a_real_sweep(tmp_path):
     assert all(t["status"] in ("done", "stopped") for t in trials), log
 
 
+@pytest.mark.slow  # featurises 5 videos in 2 stand-in containers
 def test_featurize_maps_videos_over_containers_into_the_volume_store(vol):
     config = {"data.synthetic.num_videos": 5, "data.synthetic.frames_per_video": 200}
     out = modal_cluster.featurize.local(config, 2)

@@ -18,8 +18,9 @@ def _commands(text: str) -> list[str]:
 
 
 def test_readme_opens_with_install_run_and_the_ci_test_command():
-    install_run, test = _commands(README)
+    install_run, test, quick = _commands(README)
     assert install_run.startswith("pip install torch==") and install_run.endswith("python trainer/run.py")
+    assert quick == f'{test} -m "not slow"'  # the work-in-progress subset: the same suite less its slow tests
     ci = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()
           if line.strip() and not line.startswith("#")]
     assert ci[-1] == test  # CI runs exactly the README's test command

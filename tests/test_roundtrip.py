@@ -51,7 +51,8 @@ def simba(root):
     return {"data.format": "simba", "data.path": str(root)}, str(root)
 
 
-@pytest.mark.parametrize("writer", [calms21, mabe25, dlc, simba], ids=lambda w: w.__name__)
+@pytest.mark.parametrize("writer", [calms21, *(pytest.param(w, marks=pytest.mark.slow) for w in (mabe25, dlc, simba))],
+                         ids=lambda w: w.__name__)  # one format in the quick subset, every format in the full suite
 def test_train_predict_score(tmp_path, writer):
     (tmp_path / "data").mkdir()
     data_keys, predict_input = writer(tmp_path / "data")

@@ -126,6 +126,7 @@ def test_several_videos_are_several_recordings(tmp_path):
     np.testing.assert_allclose(recs[1].keypoints[:, 0], kp[:25, 0], atol=1e-4)
 
 
+@pytest.mark.slow  # HDF5 and NWB writers
 def test_analysis_h5_and_nwb_roundtrip(tmp_path):
     rec, kp = synthetic_kp(T=60)
     labels = labels_from({"videos/s1.mp4": kp}, tracks=["resident", "intruder"], nodes=rec.bodyparts, fps=25.0)

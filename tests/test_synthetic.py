@@ -13,6 +13,7 @@ def test_deterministic_by_seed():
     assert not np.array_equal(a.keypoints, c.keypoints, equal_nan=True)
 
 
+@pytest.mark.slow  # generates 18,000 frames
 def test_realistic_imbalance_and_tracking():
     recs = generate_dataset(6, frames=3000, seed=1)
     lab = np.concatenate([r.labels[:, 0] for r in recs])
@@ -27,6 +28,7 @@ def test_realistic_imbalance_and_tracking():
     assert r.class_names == CLASS_NAMES
 
 
+@pytest.mark.slow  # generates 12,000 frames
 def test_behaviour_kinematics_differ():
     recs = generate_dataset(4, frames=3000, seed=2)
     speed, dist = {c: [] for c in range(4)}, {c: [] for c in range(4)}

@@ -183,6 +183,7 @@ def test_options_train(tiny, tmp_path, extra):
         assert env["precision_used"] == "bf16"  # transformer keeps bf16 on the CPU
 
 
+@pytest.mark.slow  # accelerate launch of two processes
 def test_two_process_cpu_run(tmp_path):
     """accelerate launch --multi_gpu --num_processes 2 on a machine without GPUs is one gloo group."""
     from conftest import TINY  # not tests.conftest: sleap-io 0.9.5 installs a top-level `tests` package
@@ -200,6 +201,7 @@ def test_two_process_cpu_run(tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow  # a launcher subprocess
 def test_launcher_world_size_without_process_group_is_an_error(tmp_path):
     from conftest import TINY  # not tests.conftest: sleap-io 0.9.5 installs a top-level `tests` package
 
@@ -223,6 +225,7 @@ def test_early_stopping_and_resume_auto(tiny, tmp_path):
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]  # the early-stopped run trained no epoch 4
 
 
+@pytest.mark.slow  # the presets at their own model sizes
 @pytest.mark.parametrize("yaml", ["configs/v3_transformer_t4.yaml", "configs/v4_conv_bilstm_a10g.yaml"])
 def test_seed_yamls_run_with_overrides_only(yaml, tmp_path):
     tiny_data = ["epochs=1", "data.synthetic.num_videos=3", "data.synthetic.frames_per_video=400",

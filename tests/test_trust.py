@@ -63,6 +63,7 @@ def trained(tiny, tmp_path):
 # ============================================================================ 1. no pickles
 
 
+@pytest.mark.slow  # trains a run
 def test_checkpoints_hold_no_pickles_and_have_a_manifest(trained):
     """Case 1: a checkpoint is safetensors + JSON only, every file listed with size and sha256."""
     last = trained / "checkpoints/last"
@@ -74,6 +75,7 @@ def test_checkpoints_hold_no_pickles_and_have_a_manifest(trained):
         assert entry["bytes"] == (last / name).stat().st_size and len(entry["sha256"]) == 64
 
 
+@pytest.mark.slow  # trains a run per pickle
 @pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin"])
 def test_resume_refuses_a_malicious_pickle(trained, tmp_path, caplog, name):
     """Case 1: a crafted pickle dropped into the checkpoint is refused with one line, never run."""

@@ -18,6 +18,7 @@ import yaml
 ray = pytest.importorskip("ray")
 
 import tune  # noqa: E402  (after the skip: tune.py imports ray)
+from trainer import search_space  # noqa: E402
 from trainer.config import ConfigError, make_config  # noqa: E402
 from trainer.run import main as run_main  # noqa: E402
 
@@ -43,84 +44,30 @@ def ray_cluster():
 
 def _sweep(tmp: Path, name: str, space: dict, **base) -> tune.Sweep:
     cfg = make_config(None, {**TINY, **base})
-    tune.check_space(tune.parse_space(space), cfg.to_dict())
-    return tune.Sweep(name=name, storage=str(tmp), base=cfg.to_dict(), space=space)
+    sweep = tune.Sweep(name=name, storage=str(tmp), base=cfg.to_dict(), space=space)
+    search_space.check_space(sweep.parsed_space, cfg.to_dict())
+    return sweep
 
 
 def _epochs(run_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-# ---------------------------------------------------------------------------- search spaces (no Ray needed)
+# ---------------------------------------------------------------------------- search spaces in Ray
+# (the language itself: tests/test_search_space.py, without Ray)
+
+
+def test_every_kind_of_distribution_has_a_ray_domain():
+    assert set(tune.RAY_DOMAINS) == set(search_space.KINDS)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_search_space_loads_and_validates(path):
-    text = path.read_text()
-    assert text.startswith("# python tune.py ") and f"--space search_spaces/{path.name}" in text.splitlines()[0]
-    space = tune.load_space(path)
-    assert space.params
-    tune.check_space(space, make_config(ROOT / "configs" / "default.yaml").to_dict())
-    tune.check_space(space, make_config(ROOT / "configs" / "default.yaml").to_dict(), search="optuna")
-    for key in yaml.safe_load(text):  # each key has a one-line comment
-        line = next(ln for ln in text.splitlines() if ln.startswith(f"{key}:"))
-        assert "#" in line, f"{path.name}: {key} has no comment"
-    # a sample of the space is a valid config
+def test_a_sample_of_every_search_space_is_a_valid_config(path):
     from ray.tune.search.variant_generator import generate_variants
 
-    for _, params in generate_variants(space.to_ray()):
+    space = search_space.load_space(path)
+    for _, params in generate_variants(tune.ray_param_space(space)):
         make_config(None, space.overrides(params))
-
-
-def test_default_space_sweeps_per_class_weights_with_fixed_background():
-    space = tune.load_space(ROOT / "search_spaces" / "default.yaml")
-    assert space.params["learning_rate"].kind == "loguniform"
-    assert space.params["batch_size"].kind == "choice"
-    over = space.overrides({"learning_rate": 1e-3, "batch_size": 32, "class_weights.investigation": 2.0,
-                            "class_weights.mount": 3.0, "class_weights.attack": 4.0})
-    assert over == {"learning_rate": 1e-3, "batch_size": 32, "class_weights": [1.0, 2.0, 3.0, 4.0]}
-
-
-def test_list_choices_travel_as_strings_and_come_back_as_lists():
-    space = tune.parse_space({"class_weights": {"choice": [[1, 2, 4, 4], [1, 1, 1, 1]]},
-                              "features": {"grid": [["coords", "mask"]]}})
-    assert space.params["class_weights"].encoded() == ["[1, 2, 4, 4]", "[1, 1, 1, 1]"]
-    assert space.overrides({"class_weights": "[1, 2, 4, 4]", "features": "[coords, mask]"}) == {
-        "class_weights": [1, 2, 4, 4], "features": ["coords", "mask"]}
-
-
-def test_the_base_config_is_the_first_trial_when_the_space_contains_it():
-    base = make_config(ROOT / "configs" / "default.yaml").to_dict()
-    point = tune.base_point(tune.load_space(ROOT / "search_spaces" / "default.yaml"), base)
-    assert point == {"learning_rate": base["learning_rate"], "batch_size": base["batch_size"],
-                     "class_weights.investigation": 1.0, "class_weights.mount": 1.0, "class_weights.attack": 1.0}
-    wide = tune.base_point(tune.load_space(ROOT / "search_spaces" / "wide.yaml"), base)
-    assert wide["class_weights"] == "[1, 1, 1, 1]" and wide["model_type"] == base["model_type"]
-    assert tune.base_point(tune.parse_space({"learning_rate": {"loguniform": [1e-2, 1e-1]}}), base) is None
-    assert tune.base_point(tune.parse_space({"batch_size": {"choice": [16, 64]}}), base) is None
-
-
-def test_bounds_written_without_a_dot_are_numbers():
-    space = tune.parse_space(yaml.safe_load("learning_rate: {loguniform: [1e-4, 1e-2]}"))  # YAML: strings
-    assert space.params["learning_rate"].args == [1e-4, 1e-2]
-
-
-@pytest.mark.parametrize("raw, message", [
-    ({"lerning_rate": {"loguniform": [1e-4, 1e-2]}}, "unknown config key 'lerning_rate'; did you mean 'learning_rate'"),
-    ({"data": {"synthetic": {"num_video": {"choice": [4]}}}}, "did you mean 'data.synthetic.num_videos'"),
-    ({"learning_rate": {"log_uniform": [1e-4, 1e-2]}}, "did you mean 'loguniform'"),
-    ({"learning_rate": {"loguniform": [0, 1e-2]}}, "low > 0"),
-    ({"learning_rate": {"uniform": [1e-2, 1e-4]}}, "low < high"),
-    ({"batch_size": {"loguniform": [8, 64]}}, "integer key; use randint or choice"),
-    ({"batch_size": {"choice": [16, "big"]}}, "batch_size' expects int"),
-    ({"model_type": {"choice": ["conv_bilstm", "transfomer"]}}, "did you mean 'transformer'"),
-    ({"class_weights": {"classes": ["other", "attack"], "each": {"uniform": [1, 5]}}}, "differ from the synthetic"),
-    ({"learning_rate": {"grid": [1e-3, 1e-2]}}, "grid works with --search random only"),
-])
-def test_bad_spaces_fail_before_anything_runs(raw, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        space = tune.parse_space(raw)
-        tune.check_space(space, make_config().to_dict(), search="optuna" if "grid" in str(raw) else "random")
 
 
 def test_cli_rejects_an_unknown_key_without_starting_ray(tmp_path, caplog):
@@ -155,6 +102,7 @@ def sweep_result(ray_cluster, tmp_path_factory):
     return sweep, {json.dumps(r["params"]["class_weights"]): r for r in rows}, rows
 
 
+@pytest.mark.slow  # the module's ASHA sweep of three tiny trials: ~25 s
 def test_asha_stops_the_weak_trial_and_a_failing_trial_does_not_stop_the_sweep(sweep_result):
     sweep, by_weights, rows = sweep_result
     good, weak, bad = (by_weights[k] for k in ("[1, 5, 5, 5]", "[1, 0, 0, 0]", "[1, 1e+38, 1e+38, 1e+38]"))
@@ -167,6 +115,7 @@ def test_asha_stops_the_weak_trial_and_a_failing_trial_does_not_stop_the_sweep(s
     assert len(summary["trials"]) == 3 and summary["wall_time_s"] > 0
 
 
+@pytest.mark.slow  # the module's ASHA sweep of three tiny trials: ~25 s
 def test_trials_share_one_feature_store_and_the_sweep_featurises_once(sweep_result):
     sweep, _, rows = sweep_result
     counts = json.loads((sweep.dir / "trials.json").read_text())["feature_store"]
@@ -175,6 +124,7 @@ def test_trials_share_one_feature_store_and_the_sweep_featurises_once(sweep_resu
     assert counts["hits"] >= len(rows) * videos
 
 
+@pytest.mark.slow  # the module's ASHA sweep of three tiny trials: ~25 s
 def test_trials_share_one_tensorboard_dir_with_hparams(sweep_result):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -205,6 +155,7 @@ def test_trials_share_one_tensorboard_dir_with_hparams(sweep_result):
     assert (good / "checkpoints" / "best" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # the module's ASHA sweep of three tiny trials: ~25 s
 def test_best_yaml_is_a_complete_config_that_reproduces_the_best_trial(sweep_result, tmp_path):
     sweep, by_weights, rows = sweep_result
     best_yaml = sweep.dir / "best.yaml"
@@ -233,6 +184,7 @@ def _closing_stream(overrides: dict, *, gpu: str, marks: str):
     Path(marks, f"{lr}.finished").write_text(name)
 
 
+@pytest.mark.slow  # starts Ray and runs a two-trial sweep
 def test_stream_backend_closes_the_stream_of_a_trial_asha_stops(ray_cluster, tmp_path):
     space = {"learning_rate": {"grid": [0.08, 0.01]}}
     sweep = _sweep(tmp_path, "stream", space, epochs=8)
@@ -248,6 +200,7 @@ def test_stream_backend_closes_the_stream_of_a_trial_asha_stops(ray_cluster, tmp
     assert rows[0]["val_macro_f1"] == pytest.approx(0.64) and rows[1]["epochs"] == 2
 
 
+@pytest.mark.slow  # a sweep of three 8-epoch trials, killed and resumed
 def test_resume_after_the_driver_is_killed_redoes_no_finished_work(ray_cluster, tmp_path):
     space = tmp_path / "lr.yaml"
     space.write_text("learning_rate: {grid: [0.002, 0.003, 0.004]}   # three trials, run one at a time\n")

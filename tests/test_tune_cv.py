@@ -10,6 +10,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import tune  # noqa: E402  (after the skip: tune.py imports ray)
+from trainer import search_space  # noqa: E402
 from trainer.config import make_config  # noqa: E402
 
 pytestmark = pytest.mark.slow  # one ASHA sweep of two 2-fold trials: ~40 s on 2 busy cores
@@ -40,8 +41,8 @@ def cv_sweep(ray_cluster, tmp_path_factory):
     the first rung, epoch 1), run one after the other so ASHA is deterministic."""
     space = {"class_weights": {"grid": [[1, 5, 5, 5], [1, 0, 0, 0]]}}
     cfg = make_config(None, TINY)
-    tune.check_space(tune.parse_space(space), cfg.to_dict())
     sweep = tune.Sweep(name="cv", storage=str(tmp_path_factory.mktemp("sweeps")), base=cfg.to_dict(), space=space)
+    search_space.check_space(sweep.parsed_space, cfg.to_dict())
     rows = tune.run_sweep(sweep, num_samples=1, scheduler="asha", max_concurrent=1, cpus_per_trial=1)
     return sweep, {json.dumps(r["params"]["class_weights"]): r for r in rows}, rows
 

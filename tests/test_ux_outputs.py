@@ -20,6 +20,7 @@ CLASSES = ["other", "investigation", "mount", "attack"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # trains, then predicts
 def test_predict_prints_per_class_and_macro_f1_when_truth_is_known(tiny, tmp_path, caplog):
     from trainer.predict import main as predict_main
 
