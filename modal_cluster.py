@@ -503,7 +503,7 @@ def serve_tensorboard(src: Path, dst: Path, *, port: int, reload: Callable[[], N
     return proc
 
 
-_tensorboard_proc: subprocess.Popen | None = None  # the server started by tensorboard() in this process
+tensorboard_proc: subprocess.Popen | None = None  # the server started by tensorboard() in this process
 
 
 @app.function(image=light_image, volumes=VOLUMES, max_containers=1, scaledown_window=15 * 60)
@@ -511,9 +511,9 @@ _tensorboard_proc: subprocess.Popen | None = None  # the server started by tenso
 @modal.web_server(port=TB_PORT, startup_timeout=120)
 def tensorboard() -> None:
     """TensorBoard over runs/ on the volume (`modal serve modal_cluster.py` prints its URL)."""
-    global _tensorboard_proc
+    global tensorboard_proc
     _setup_logging()
-    _tensorboard_proc = serve_tensorboard(volume_root() / "runs", Path(tempfile.mkdtemp(prefix="tb-runs-")),
+    tensorboard_proc = serve_tensorboard(volume_root() / "runs", Path(tempfile.mkdtemp(prefix="tb-runs-")),
                                           port=TB_PORT, reload=None if modal.is_local() else volume.reload)
 
 

@@ -340,7 +340,7 @@ def test_tensorboard_serves_the_volume_runs_and_picks_up_new_ones(vol, monkeypat
     monkeypatch.setattr(modal_cluster, "TB_REFRESH_S", 0.2)
     monkeypatch.setattr(modal_cluster, "TB_RELOAD_S", 1)
     modal_cluster.tensorboard.local()
-    proc = modal_cluster._tensorboard_proc
+    proc = modal_cluster.tensorboard_proc
     try:
         assert _runs_served(port, {"first/tb"}) == {"first/tb"}
         write_run("second")  # a run committed while TensorBoard is up

@@ -169,7 +169,7 @@ def test_streaming_statistics_equal_in_memory(tmp_path):
         fp.fit(rows)
     finally:
         features_mod.FIT_CHUNK = old
-    full = np.concatenate([fp._blocks(np.asarray(x)) for x in rows])
+    full = np.concatenate([fp.apply_post(np.asarray(x)) for x in rows])
     assert np.allclose(fp.mean[fp.scale_mask], full.mean(0)[fp.scale_mask], atol=1e-5, rtol=1e-5)
     std = full.std(0)
     keep = fp.scale_mask & (std > 1e-8)

@@ -390,7 +390,8 @@ class FeaturePipeline:
         self._widths: list[int] | None = None
 
     # -- computing
-    def _check(self, rec: Recording) -> None:
+    def check_skeleton(self, rec: Recording) -> None:
+        """DataError unless `rec` has the body parts this pipeline was built for."""
         if list(rec.bodyparts) != self.bodyparts:
             raise DataError(
                 f"{rec.video_id}: body parts {rec.bodyparts} differ from the training set's {self.bodyparts}; "
@@ -407,7 +408,7 @@ class FeaturePipeline:
 
     def raw(self, rec: Recording):
         """Yield per labelled pair of `rec` its (T, F_raw) float32 stored features."""
-        self._check(rec)
+        self.check_skeleton(rec)
         for pose in recording_poses(rec):
             yield np.concatenate(self.raw_blocks(pose), axis=1).astype(np.float32)
 
@@ -425,7 +426,7 @@ class FeaturePipeline:
     def raw_dim(self) -> int:
         return int(sum(self.raw_widths))
 
-    def _blocks(self, rows: np.ndarray) -> np.ndarray:
+    def apply_post(self, rows: np.ndarray) -> np.ndarray:
         """Rows (n, F_raw) -> (n, F) float64 with every fitted feature's `post` applied."""
         edges = np.cumsum([0, *self.raw_widths])
         out = []
@@ -461,7 +462,7 @@ class FeaturePipeline:
         moments = None
         for x in raw_seqs:
             for a in range(0, len(x), FIT_CHUNK):
-                blk = self._blocks(x[a:a + FIT_CHUNK])
+                blk = self.apply_post(x[a:a + FIT_CHUNK])
                 moments = (moments or Moments(blk.shape[1])).add(blk)
         widths = [hi - lo for lo, hi in zip(*self._finished_edges())]
         self.scale_mask = np.concatenate([np.full(w, FEATURES[n].standardise) for n, w in zip(self.names, widths)])
@@ -479,7 +480,7 @@ class FeaturePipeline:
 
     def finish(self, rows: np.ndarray) -> np.ndarray:
         """Stored rows (n, F_raw) -> model input (n, F) float32: post, standardise, clip."""
-        X = (self._blocks(rows) - self.mean) / self.std
+        X = (self.apply_post(rows) - self.mean) / self.std
         return np.clip(np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0), -20, 20).astype(np.float32)
 
     # -- in-memory convenience (tests, benchmarks): raw + fit + finish in one call

@@ -371,7 +371,7 @@ class FeatureStore:
         self.misses += len(todo)
         if todo:
             for r in todo.values():
-                pipeline._check(r)
+                pipeline.check_skeleton(r)
             t0 = time.perf_counter()
             n = min(resolve_workers(workers), len(todo))
             if threading.active_count() > 1:
@@ -387,10 +387,10 @@ class FeatureStore:
                                   [spec] * len(todo)))
             log.info("feature store %s: featurised %d video(s) in %.1f s (%d worker(s)); %d reused",
                      self.root, len(todo), time.perf_counter() - t0, n, len(keys) - len(todo))
-        self._event(len(keys) - len(todo), len(todo))
+        self.log_event(len(keys) - len(todo), len(todo))
         return keys
 
-    def _event(self, hits: int, misses: int) -> None:
+    def log_event(self, hits: int, misses: int) -> None:
         try:
             with open(self.root / "events.jsonl", "a") as f:
                 f.write(json.dumps({"time": time.time(), "pid": os.getpid(), "hits": hits, "misses": misses}) + "\n")
@@ -585,7 +585,7 @@ def _warm(cfg, store: FeatureStore, dkey: str, names, params):
     if not all(store.valid(k) for k in keys):
         return None
     store.hits += len(keys)
-    store._event(len(keys), 0)
+    store.log_event(len(keys), 0)
     return videos, num_train, {v.video_id: store.rows(k) for v, k in zip(videos, keys)}, pipeline
 
 
