@@ -7,6 +7,15 @@ import logging
 import pytest
 
 # a model and data set small enough for a 2-epoch run in a few seconds
+# a tiny sweep trial (tests/test_tune*.py): 4 short videos, a small Conv-BiLSTM, 4 epochs
+TINY_TRIAL = {
+    "epochs": 4,
+    "data.synthetic.num_videos": 4,
+    "data.synthetic.frames_per_video": 600,
+    "conv_channels": [16],
+    "lstm_hidden": 16,
+    "batch_size": 16,
+}
 TINY = [
     "epochs=2",
     "data.synthetic.num_videos=4",

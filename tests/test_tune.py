@@ -17,21 +17,15 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
+from conftest import TINY_TRIAL  # noqa: E402
+
 import tune  # noqa: E402  (after the skip: tune.py imports ray)
 from trainer import search_space  # noqa: E402
 from trainer.config import ConfigError, make_config  # noqa: E402
 from trainer.run import main as run_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = {
-    "epochs": 4,
-    "data.synthetic.num_videos": 4,
-    "data.synthetic.frames_per_video": 600,
-    "conv_channels": [16],
-    "lstm_hidden": 16,
-    "batch_size": 16,
-    "log_every": 1,  # check the loss every step: a non-finite one fails at once
-}
+TINY = {**TINY_TRIAL, "log_every": 1}  # check the loss every step: a non-finite one fails at once
 TINY_ARGS = [f"{k}={json.dumps(v)}" for k, v in TINY.items()]
 
 

@@ -9,6 +9,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from conftest import TINY_TRIAL  # noqa: E402
+
 import tune  # noqa: E402  (after the skip: tune.py imports ray)
 from trainer import search_space  # noqa: E402
 from trainer.config import make_config  # noqa: E402
@@ -16,12 +18,7 @@ from trainer.config import make_config  # noqa: E402
 pytestmark = pytest.mark.slow  # one ASHA sweep of two 2-fold trials: ~40 s on 2 busy cores
 
 TINY = {
-    "epochs": 4,
-    "data.synthetic.num_videos": 4,
-    "data.synthetic.frames_per_video": 600,
-    "conv_channels": [16],
-    "lstm_hidden": 16,
-    "batch_size": 16,
+    **TINY_TRIAL,
     "data.split": "kfold",
     "data.num_folds": 2,
     "data.fold": -1,

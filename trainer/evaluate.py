@@ -31,8 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.config import ConfigError
-from trainer.data.calms21 import npy_consent
 from trainer.data.recording import UNLABELLED, DataError
 from trainer.kaggle_mabe import solution_frame, submission_frame
 from trainer.metrics import frame_scores, mabe_score_details
@@ -47,9 +45,10 @@ from trainer.predict import (
     Predictor,
     add_postprocess_args,
     checkpoint_cli,
-    load_models,
+    checkpoint_models,
     select_recordings,
     settings_from_args,
+    user_errors,
 )
 from trainer.rundir import one_line_errors
 
@@ -169,6 +168,7 @@ def format_report(result: dict) -> str:
 
 
 @one_line_errors
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     p = checkpoint_cli("python -m trainer.evaluate", __doc__.split("\n\n")[0])
     p.add_argument("--data", help="annotated tracking file/dir (default: the run's own validation videos)")
@@ -181,15 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     add_postprocess_args(p)
     args = p.parse_args(argv)
-    try:
-        with npy_consent(args.format == "calms21"):  # .npy pickles only if typed here
-            pred = load_models(args.checkpoint, args.weights)
-            settings = settings_from_args(pred, args)
-            result = evaluate_checkpoint(pred, data=args.data, fmt=args.format, split=args.split,
-                                         settings=settings, fit=args.fit_postprocess, batch_size=args.batch_size)
-    except (ConfigError, DataError) as e:
-        log.error("error: %s", e)
-        return 2
+    with checkpoint_models(args) as pred:
+        settings = settings_from_args(pred, args)
+        result = evaluate_checkpoint(pred, data=args.data, fmt=args.format, split=args.split,
+                                     settings=settings, fit=args.fit_postprocess, batch_size=args.batch_size)
     log.info("%s", format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

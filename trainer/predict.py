@@ -24,7 +24,9 @@ else plain argmax; `--smooth/--max-gap/--min-bout` override it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import logging
 import sys
 from dataclasses import dataclass
@@ -306,7 +308,30 @@ def write_csv(table: pd.DataFrame, path: Path, **kwargs) -> None:
         raise storage_error(e, path) or e from None
 
 
+def user_errors(main):
+    """Decorate predict's and evaluate's `main`: a ConfigError or DataError is one 'error:' line, exit 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except (ConfigError, DataError) as e:
+            log.error("error: %s", e)
+            return 2
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def checkpoint_models(args: argparse.Namespace):
+    """The --checkpoint models (averaged with --weights), for the block that reads data with them:
+    .npy pickles are read only when `--format calms21` was typed on this command line."""
+    with npy_consent(args.format == "calms21"):
+        yield load_models(args.checkpoint, args.weights)
+
+
 @one_line_errors
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     p = checkpoint_cli("python -m trainer.predict", __doc__.split("\n\n")[0])
     p.add_argument("--out", default="preds.csv", help="per-frame CSV to write")
@@ -316,16 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     add_postprocess_args(p)
     args = p.parse_args(argv)
-    try:
-        with npy_consent(args.format == "calms21"):  # .npy pickles only if typed here
-            pred = load_models(args.checkpoint, args.weights)
-            recs = select_recordings(pred, args)
-            probs = pred.probabilities(recs, batch_size=args.batch_size)
-            settings = settings_from_args(pred, args)
-            labels = pred.postprocess(recs, probs, settings)
-    except (ConfigError, DataError) as e:
-        log.error("error: %s", e)
-        return 2
+    with checkpoint_models(args) as pred:
+        recs = select_recordings(pred, args)
+        probs = pred.probabilities(recs, batch_size=args.batch_size)
+        settings = settings_from_args(pred, args)
+        labels = pred.postprocess(recs, probs, settings)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table = frame_table(recs, probs, pred.class_names, labels)
