@@ -12,9 +12,11 @@ registered reader (`bench_tiled`), so cold and warm paths are the real ones.
 
 Every measurement runs in a fresh process (peak RSS = that process's ru_maxrss):
   featurise  cold `FeatureStore.ensure` over all videos with 1 and 2 workers: s, pair-frames/s;
-             also today's per-pair path (pair_pose per pair, the pre-store code) at 1x
+             also today's per-pair path (pair_pose per pair, the pre-store code) at 1x; then,
+             untimed, what `trainer.featurize` adds: manifest + fitted training statistics
   warm       reading -> first training step with a warm store (prepare_data + one batch), s
-  train      one epoch of `train()` from the warm store: peak RSS, samples/s
+  train      one epoch of `train()` from the warm store: peak RSS, samples/s; windows start
+             32 x scale frames apart, so every scale trains the same number of windows
   memory     at 1x also feature_store=none (features in RAM): samples/s and peak RSS
   predict    `Predictor.probabilities` on the validation videos: peak RSS
 Results: benchmarks/results/scale_<host>.json, a plot benchmarks/results/scale.png.
@@ -43,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL = ["model_type=per_frame_mlp", "hidden_dim=64", "num_layers=1", "batch_size=256", "epochs=1",
          "log_every=1000", "data.synthetic.num_mice=4"]
+WINDOW_STRIDE = 32  # at 1x (= sequence_length // 2, the default); s x 32 at scale s
 
 
 def _rss_mb() -> float:
@@ -119,9 +122,14 @@ def m_featurise(work, videos, frames, workers):
     store.ensure(recs, fp, workers=workers)
     dt = time.perf_counter() - t0
     del recs
-    featurised_splits(cfg, names=cfg.feature_names(), params=fp.params)  # writes the manifest (warm runs need it)
+    # what `python -m trainer.featurize` does after featurising: the data-set manifest (warm runs
+    # read no data) and the training set's fitted statistics (warm runs fit nothing)
+    t1 = time.perf_counter()
+    featurised_splits(cfg, names=cfg.feature_names(), params=fp.params).fit()
+    fit_s = time.perf_counter() - t1
     size = sum(f.stat().st_size for f in (work / "store").rglob("*") if f.is_file())
-    return {"seconds": dt, "pair_frames": pair_frames, "pair_frames_per_s": pair_frames / dt, "store_bytes": size}
+    return {"seconds": dt, "pair_frames": pair_frames, "pair_frames_per_s": pair_frames / dt, "store_bytes": size,
+            "manifest_and_fit_s": fit_s}
 
 
 def m_reference(work, videos, frames):
@@ -159,10 +167,10 @@ def m_warm(work, videos, frames):
     return {"seconds": time.perf_counter() - t0}
 
 
-def m_train(work, videos, frames, store):
+def m_train(work, videos, frames, store, stride=0):
     from trainer.run import train
 
-    cfg = _config(work, videos, frames, f"name=t{videos}-{store}-{time.time_ns()}",
+    cfg = _config(work, videos, frames, f"name=t{videos}-{store}-{time.time_ns()}", f"window_stride={stride}",
                   *([] if store == "store" else ["feature_store=none"]))
     t0 = time.perf_counter()
     final = train(cfg)
@@ -217,9 +225,12 @@ def bench(scales: list[int], base_videos: int, frames_per_scale: list[int], work
             row["featurise_1"] = run_child("featurise", work, v, frames, 1)
         row["featurise_2"] = run_child("featurise", work, v, frames, 2)
         row["warm"] = run_child("warm", work, v, frames)
-        row["train_store"] = run_child("train", work, v, frames, "store")
+        # the same number of training windows per epoch at every scale (window starts s times
+        # further apart): every video is still opened, indexed and in the fitted statistics
+        row["window_stride"] = WINDOW_STRIDE * s
+        row["train_store"] = run_child("train", work, v, frames, "store", row["window_stride"])
         if s == min(scales):
-            row["train_memory"] = run_child("train", work, v, frames, "memory")
+            row["train_memory"] = run_child("train", work, v, frames, "memory", row["window_stride"])
         row["predict"] = run_child("predict", work, v, frames, row["train_store"]["run_dir"])
         rows.append(row)
         shutil.rmtree(work / "runs", ignore_errors=True)

@@ -352,3 +352,49 @@ def test_mirror_pairs_featurises_the_mirrored_training_videos(tmp_path):
     train, _ = data_mod.load_splits(cfg)
     data = prepare_data(cfg)
     assert len(data.train_ds.seqs) == sum(len(mirror_pairs(r).pairs) for r in train) > sum(len(r.pairs) for r in train)
+
+
+def _read_in_child(rows, conn):
+    conn.send([np.asarray(r[:5]).sum() for r in rows])
+
+
+def test_open_descriptors_stay_bounded_and_forks_reopen_their_own(tmp_path, monkeypatch):
+    """Thousands of (video, pair) row sources share a bounded table of open files (the usual
+    limit is 1024 descriptors), least recently used closed first; a fork opens its own."""
+    from trainer import store as store_mod
+
+    table = store_mod.OpenFiles(limit=2)
+    monkeypatch.setattr(store_mod, "OPEN_FILES", table)
+    feats = _splits(_cfg(tmp_path))
+    rows = [r for v in feats.train + feats.val for r in feats.rows[v.video_id]]
+    assert len({r.path for r in rows}) == 3 and len(rows) > 3
+    want = [np.asarray(r[:5]).sum() for r in rows]  # in memory, every file read in turn
+    assert len(table) == 2
+    for r in rows[::-1]:  # again, in another order: reopened files read the same bytes
+        assert np.asarray(r[:5]).sum() == want[rows.index(r)]
+    assert len(table) == 2
+    parent, child = mp.get_context("fork").Pipe()
+    p = mp.get_context("fork").Process(target=_read_in_child, args=(rows, child))
+    p.start()
+    got = parent.recv()
+    p.join(10)
+    assert got == want and p.exitcode == 0
+    assert len(table) == 2  # the child's reads left the parent's table as it was
+
+
+def test_featurize_cli_also_fits_the_training_statistics(tmp_path, monkeypatch):
+    """After `python -m trainer.featurize`, the first training run reuses the fitted mean/std
+    and PCA: it starts as warm as a second run."""
+    from trainer.featurize import main as featurize
+
+    args = [f"output_dir={tmp_path / 'runs'}", "data.synthetic.num_videos=3", "data.synthetic.frames_per_video=150"]
+    assert featurize(args) == 0
+    cfg = make_config(None, args)
+
+    def no_fit(self, rows):
+        raise AssertionError("the statistics should come from the store")
+
+    monkeypatch.setattr(FeaturePipeline, "fit", no_fit)
+    feats = featurised_splits(cfg, names=cfg.feature_names(), params=cfg.feature_params())
+    pipeline = feats.fit()
+    assert pipeline.mean is not None and pipeline.std is not None

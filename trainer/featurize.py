@@ -5,7 +5,9 @@
     python -m trainer.featurize --prune --older-than 30 [feature_store=DIR]
 
 Training, tune.py, predict and evaluate build missing entries themselves; running this first
-just moves the work (over `featurize_workers` processes) out of the first run. `--prune`
+just moves the work (over `featurize_workers` processes) out of the first run; for a config
+with one train/val split it also fits and stores the training set's statistics (mean/std,
+PCA), so the first run starts as warm as the second. `--prune`
 always removes entries left incomplete by killed writers (older than an hour), plus entries
 older than `--older-than` days, or everything with `--all`.
 """
@@ -76,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         t0 = time.perf_counter()
         feats = featurised_ahead(cfg, names=cfg.feature_names(), params=cfg.feature_params())
+        if feats.val and feats.store is not None:
+            # one train/val split: its statistics (mean/std, PCA) are fixed too, so the first
+            # training run starts warm (cross-validation fits each fold's in its own run)
+            feats.fit()
         n = len(feats.train) + len(feats.val)
         frames = sum(v.num_frames * len(v.pairs) for v in feats.train + feats.val)
         log.info("feature store %s: %d videos, %d pair-frames ready (%d built, %d reused) in %.1f s",

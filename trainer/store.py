@@ -114,6 +114,42 @@ def dataset_identity(cfg) -> dict:
 # ----------------------------------------------------------------------------- reading rows
 
 
+class OpenFiles:
+    """Read-only descriptors of stored x.npy files, shared by every pair of a video, at most
+    `limit` open per process (least recently used closed first).
+
+    One descriptor per (video, pair) would hold tens of thousands open on a large data set
+    (the usual limit is 1024). A forked DataLoader worker starts with an empty table: it
+    never uses its parent's descriptors.
+    """
+
+    def __init__(self, limit: int = 256):
+        self.limit = limit
+        self._fds: dict[str, int] = {}  # path -> fd, in least- to most-recently used order
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def pread(self, path: str, n: int, offset: int) -> bytes:
+        """`n` bytes of `path` from `offset` (under the lock: another thread cannot close the
+        descriptor between finding and reading it)."""
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the inherited descriptors are the parent's
+                self._fds, self._pid = {}, os.getpid()
+            fd = self._fds.pop(path, None)
+            if fd is None:
+                fd = os.open(path, os.O_RDONLY)
+                while len(self._fds) >= self.limit:
+                    os.close(self._fds.pop(next(iter(self._fds))))
+            self._fds[path] = fd
+            return os.pread(fd, n, offset)
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+
+OPEN_FILES = OpenFiles()
+
+
 class PairRows:
     """Rows of pair `pair` of a stored x.npy, read on demand with os.pread.
 
@@ -124,10 +160,6 @@ class PairRows:
     def __init__(self, path: Path, pair: int, shape: tuple[int, int, int], offset: int):
         self.path, self.pair, self.offset = str(path), int(pair), int(offset)
         _, self.T, self.F = (int(v) for v in shape)
-        self._fd, self._pid = None, None
-
-    def __getstate__(self):  # DataLoader workers reopen their own descriptor
-        return {**self.__dict__, "_fd": None, "_pid": None}
 
     def __len__(self) -> int:
         return self.T
@@ -137,12 +169,10 @@ class PairRows:
         return (self.T, self.F)
 
     def _read(self, lo: int, hi: int) -> np.ndarray:
-        if self._fd is None or self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
         row = self.F * 4
         start = self.offset + (self.pair * self.T + lo) * row
         n = (hi - lo) * row
-        buf = os.pread(self._fd, n, start)
+        buf = OPEN_FILES.pread(self.path, n, start)
         if len(buf) != n:
             raise DataError(f"{self.path}: truncated feature store entry; run `python -m trainer.featurize` "
                             "again (it rebuilds damaged entries)")
@@ -165,12 +195,6 @@ class PairRows:
         out = self._read(0, self.T)
         return out.astype(dtype) if dtype is not None else out
 
-    def __del__(self):
-        if self._fd is not None and self._pid == os.getpid():
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
 
 
 class FeatureRows:
