@@ -405,7 +405,10 @@ def make_tuner(sweep: Sweep, trainable, *, num_samples: int, scheduler: str, sea
         run_config=ray_tune.RunConfig(
             name=sweep.name, storage_path=sweep.storage,
             failure_config=ray_tune.FailureConfig(max_failures=0),  # an errored trial stays errored; others go on
-            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+            # keep every pointer checkpoint (a few bytes each): Tune's experiment state is saved
+            # every ~10 s, so after a killed driver it can name a checkpoint that num_to_keep has
+            # already deleted, and resume would fail that trial (ray-project/ray#27790)
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=None),
             # no Ray TensorBoard (see run_sweep); Ray's own reporter prints wide tables every few seconds,
             # TrialLines says what ended; StatusSnapshot knows which trials an interrupt caught
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TrialLines(), StatusSnapshot(sweep.name)],
@@ -421,8 +424,8 @@ def run_sweep(sweep: Sweep, *, backend: Callable | None = None, resume: bool = F
     # TensorBoard logs come from the trainer (runs/<trial>/tb, with hparams); Ray's own copies would
     # show every trial twice in `tensorboard --logdir <sweep>`
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    # num_to_keep=1 snapshots the experiment state at every checkpoint, as resume needs; with epochs of
-    # seconds (smoke tests) Ray would warn about that on every epoch
+    # with epochs of seconds (smoke tests) Ray would warn on every epoch that saving the experiment
+    # state takes long compared with the time between checkpoints
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # verbose=0 silences Tune's progress tables, but its newer console engine still prints an experiment
     # box and a "View detailed results" line; the classic engine at verbose=0 prints nothing
