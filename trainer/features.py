@@ -14,6 +14,7 @@ and one `FEATURES` entry naming it ("module:function") and the config keys it re
 
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import numpy as np
 from trainer.config import all_keys
 from trainer.data.recording import DataError, Recording
 from trainer.data.skeleton import find_named_part
+from trainer.geometry import xy_norm
 from trainer.hints import did_you_mean
 
 # ----------------------------------------------------------------------------- helpers
@@ -56,8 +58,9 @@ class PairPose:
                 return i
         return len(self.bodyparts) // 2
 
-    @property
+    @functools.cached_property
     def centroid(self) -> np.ndarray:  # (T, 2, 2)
+        """Mean of the body parts; computed once per pose (several features use it)."""
         return self.xy.mean(axis=2)
 
 
@@ -161,20 +164,20 @@ def coords(*, pose: PairPose, fps, params, stats) -> np.ndarray:
 def speed(*, pose: PairPose, fps, params, stats) -> np.ndarray:
     """Per-keypoint speed in px/s, (T, 2*B)."""
     v = np.gradient(pose.xy, axis=0) * fps
-    return np.linalg.norm(v, axis=-1).reshape(len(v), -1)
+    return xy_norm(v).reshape(len(v), -1)
 
 
 def acceleration(*, pose: PairPose, fps, params, stats) -> np.ndarray:
     """Per-keypoint acceleration magnitude in px/s^2, (T, 2*B)."""
     a = np.gradient(np.gradient(pose.xy, axis=0), axis=0) * fps * fps
-    return np.linalg.norm(a, axis=-1).reshape(len(a), -1)
+    return xy_norm(a).reshape(len(a), -1)
 
 
 def distances(*, pose: PairPose, fps, params, stats) -> np.ndarray:
     """Agent-to-target distances for every body-part pair plus centroid distance, (T, B*B+1)."""
     a, t = pose.xy[:, 0], pose.xy[:, 1]
-    d = np.linalg.norm(a[:, :, None, :] - t[:, None, :, :], axis=-1).reshape(len(a), -1)
-    c = np.linalg.norm(pose.centroid[:, 0] - pose.centroid[:, 1], axis=-1)[:, None]
+    d = xy_norm(a[:, :, None, :] - t[:, None, :, :]).reshape(len(a), -1)
+    c = xy_norm(pose.centroid[:, 0] - pose.centroid[:, 1])[:, None]
     return np.concatenate([d, c], axis=1)
 
 
@@ -230,7 +233,7 @@ def temporal_stats(*, pose: PairPose, fps, params, stats) -> np.ndarray:
     Output (T, 8 * 2 * len(windows)).
     """
     c = pose.centroid
-    sp = np.linalg.norm(np.gradient(c, axis=0), axis=-1) * fps  # (T, 2)
+    sp = xy_norm(np.gradient(c, axis=0)) * fps  # (T, 2)
     nose = pose.xy[:, 0, pose.part("nose", "neck")]
     tgt_nose = pose.xy[:, 1, pose.part("nose", "neck")]
     tgt_tail = pose.xy[:, 1, pose.part("tail_base", "tailbase")]
@@ -238,10 +241,10 @@ def temporal_stats(*, pose: PairPose, fps, params, stats) -> np.ndarray:
     sig = np.column_stack(
         [
             sp,
-            np.linalg.norm(c[:, 0] - c[:, 1], axis=-1),
-            np.linalg.norm(nose - tgt_nose, axis=-1),
-            np.linalg.norm(nose - tgt_tail, axis=-1),
-            np.linalg.norm(nose - c[:, 1], axis=-1),
+            xy_norm(c[:, 0] - c[:, 1]),
+            xy_norm(nose - tgt_nose),
+            xy_norm(nose - tgt_tail),
+            xy_norm(nose - c[:, 1]),
             np.cos(h[:, 1] - h[:, 0]),
             _head_yaw(pose)[:, 0],
         ]

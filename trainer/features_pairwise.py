@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from trainer.data.skeleton import find_named_part
+from trainer.geometry import xy_norm
 
 # --------------------------------------------------------------------------- array helpers
 
@@ -124,7 +125,7 @@ def pair_geometry(*, pose, fps, params, stats) -> np.ndarray:
     tail_a, tail_t = _point(pose, 0, "tail_base", "tailbase"), _point(pose, 1, "tail_base", "tailbase")
     ego_t = egocentric(ct[:, None], origin=ca, heading=ha)[:, 0]  # (T, 2)
     d = ct - ca
-    dist = np.linalg.norm(d, axis=-1)
+    dist = xy_norm(d)
     unit = d / np.maximum(dist, 1e-6)[:, None]
     va = np.gradient(ca, axis=0) * fps
     vt = np.gradient(ct, axis=0) * fps
@@ -133,10 +134,10 @@ def pair_geometry(*, pose, fps, params, stats) -> np.ndarray:
     rel = _wrap(ht - ha)
     cols = [
         ego_t[:, 0], ego_t[:, 1], dist,
-        np.linalg.norm(nose_a - nose_t, axis=-1),
-        np.linalg.norm(nose_a - tail_t, axis=-1),
-        np.linalg.norm(nose_a - ct, axis=-1),
-        np.linalg.norm(nose_t - tail_a, axis=-1),
+        xy_norm(nose_a - nose_t),
+        xy_norm(nose_a - tail_t),
+        xy_norm(nose_a - ct),
+        xy_norm(nose_t - tail_a),
         -np.gradient(dist) * fps,
         (va * unit).sum(-1),
         -(vt * unit).sum(-1),

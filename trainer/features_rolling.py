@@ -27,6 +27,8 @@ import warnings
 
 import numpy as np
 
+from trainer.geometry import xy_norm
+
 ROLLING_WINDOWS = [1 / 6, 0.5, 1.5, 4.5, 13.5]  # seconds; the config default (rolling_windows) for callers without one
 FRONT = ("nose", "snout", "head", "top", "neck")  # first found = the front of the body axis
 BACK = ("tail_base", "tailbase", "tail_root", "tail", "tail1")  # first found = the back
@@ -82,11 +84,11 @@ def pair_signals(xy: np.ndarray, bodyparts: list[str], fps: float) -> np.ndarray
     T = xy.shape[0]
     f, b = _index(bodyparts, FRONT, 0), _index(bodyparts, BACK, -1)
     pts = np.stack([xy[:, :, f], xy.mean(axis=2), xy[:, :, b]], axis=2)  # (T, 2, 3, 2) front/centre/back
-    dist = np.linalg.norm(pts[:, 0, :, None] - pts[:, 1, None, :], axis=-1).reshape(T, 9)
-    all_d = np.linalg.norm(xy[:, 0, :, None] - xy[:, 1, None, :], axis=-1).reshape(T, -1)
+    dist = xy_norm(pts[:, 0, :, None] - pts[:, 1, None, :]).reshape(T, 9)
+    all_d = xy_norm(xy[:, 0, :, None] - xy[:, 1, None, :]).reshape(T, -1)
     centre_d = dist[:, 4]  # centre-centre
     approach = np.gradient(centre_d) * fps if T > 1 else np.zeros(T)
-    speed = (np.linalg.norm(np.gradient(xy, axis=0), axis=-1) * fps).reshape(T, -1) if T > 1 else np.zeros((T, 2 * xy.shape[2]))
+    speed = (xy_norm(np.gradient(xy, axis=0)) * fps).reshape(T, -1) if T > 1 else np.zeros((T, 2 * xy.shape[2]))
     axis = pts[:, :, 0] - pts[:, :, 2]  # (T, 2, 2) back -> front
     heading = np.arctan2(axis[..., 1], axis[..., 0])  # (T, 2)
     rel = _wrap(heading[:, 1] - heading[:, 0])
@@ -94,7 +96,7 @@ def pair_signals(xy: np.ndarray, bodyparts: list[str], fps: float) -> np.ndarray
     bear_a = _wrap(np.arctan2(d[:, 1], d[:, 0]) - heading[:, 0])
     bear_t = _wrap(np.arctan2(-d[:, 1], -d[:, 0]) - heading[:, 1])
     turn = np.abs(np.gradient(np.unwrap(heading, axis=0), axis=0)) * fps if T > 1 else np.zeros((T, 2))
-    length = np.linalg.norm(axis, axis=-1)  # (T, 2)
+    length = xy_norm(axis)  # (T, 2)
     ang = np.stack([rel, bear_a, bear_t], axis=1)
     return np.column_stack([dist, all_d.min(axis=1), approach, speed, np.sin(ang), np.cos(ang), turn, length])
 

@@ -272,6 +272,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_npy(path: Path, shape: tuple[int, int, int], blocks) -> None:
+    """A float32 .npy of `shape` written block by block (each `blocks` item: one (T, F) pair),
+    appended in order and fsynced: the same bytes as filling np.lib.format.open_memmap, at
+    about half the cost (no page faults on a fresh mapping, no second pass to flush it)."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                 "fortran_order": False, "shape": tuple(shape)})
+        n = 0
+        for block in blocks:
+            block = np.ascontiguousarray(block, dtype=np.float32)
+            if block.shape != tuple(shape[1:]):
+                raise ValueError(f"{path}: pair block {block.shape}, expected {tuple(shape[1:])}")
+            f.write(block.data)
+            n += 1
+        if n != shape[0]:
+            raise ValueError(f"{path}: {n} pair blocks written, expected {shape[0]}")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _npy_offset(path: Path) -> tuple[tuple, int]:
     """(shape, byte offset of the data) of a .npy file."""
     m = np.load(path, mmap_mode="r")
@@ -365,13 +385,7 @@ class FeatureStore:
         tmp = self._tmp(final)
         try:
             shape = (len(rec.pairs), rec.num_frames, pipeline.raw_dim)
-            x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.float32, shape=shape)
-            for p, block in enumerate(pipeline.raw(rec)):
-                x[p] = block
-            x.flush()
-            del x
-            with open(tmp / "x.npy", "rb+") as f:
-                os.fsync(f.fileno())
+            write_npy(tmp / "x.npy", shape, pipeline.raw(rec))
             done = {"files": {"x.npy": (tmp / "x.npy").stat().st_size}, "shape": list(shape), "dtype": "float32",
                     "video_id": rec.video_id, "spec": pipeline.spec(), "created": time.time()}
             (tmp / "DONE.json").write_text(json.dumps(done))
