@@ -227,6 +227,23 @@ class FeatureRows:
 # ----------------------------------------------------------------------------- videos without keypoints
 
 
+def compact_labels(labels: np.ndarray | None) -> np.ndarray | None:
+    """(T, P) class indices (-1 unlabelled) in the smallest integer type that holds them.
+
+    Training keeps every video's labels in memory (windows convert theirs to int64): int8
+    instead of int64 is what keeps `train()`'s memory flat at 16x the videos (400 videos x
+    3000 frames x 12 pairs: 14 MB instead of 115 MB).
+    """
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    for dtype in (np.int8, np.int16):
+        info = np.iinfo(dtype)
+        if labels.size == 0 or (labels.min() >= info.min and labels.max() <= info.max):
+            return labels.astype(dtype)
+    return labels
+
+
 @dataclass
 class StoredVideo:
     """What training needs of a video once its features are stored: labels and metadata only.
@@ -251,7 +268,7 @@ class StoredVideo:
     def of(cls, rec: Recording, content: str | None = None) -> StoredVideo:
         return cls(rec.video_id, float(rec.fps), list(rec.mouse_ids), list(rec.bodyparts),
                    [tuple(p) for p in rec.pairs], list(rec.class_names), rec.num_frames,
-                   content or content_hash(rec), rec.labels, rec.label_mask, dict(rec.meta))
+                   content or content_hash(rec), compact_labels(rec.labels), rec.label_mask, dict(rec.meta))
 
     def info(self) -> dict:
         return {"video_id": self.video_id, "fps": self.fps, "mouse_ids": self.mouse_ids, "bodyparts": self.bodyparts,
@@ -468,7 +485,7 @@ class FeatureStore:
                     path = d / f"labels_{i}.npy"
                     if path.stat().st_size != man["label_sizes"][i]:
                         return None
-                    labels = np.load(path, mmap_mode="r")
+                    labels = compact_labels(np.load(path))
                 mask = None if v["label_mask"] is None else np.asarray(v["label_mask"], dtype=bool)
                 videos.append(StoredVideo(v["video_id"], v["fps"], v["mouse_ids"], v["bodyparts"],
                                           [tuple(p) for p in v["pairs"]], v["class_names"], v["num_frames"],
