@@ -12,7 +12,8 @@ registered reader (`bench_tiled`), so cold and warm paths are the real ones.
 
 Every measurement runs in a fresh process (peak RSS = that process's ru_maxrss):
   featurise  cold `FeatureStore.ensure` over all videos with 1 and 2 workers: s, pair-frames/s;
-             also today's per-pair path (pair_pose per pair, the pre-store code) at 1x; then,
+             also the per-pair path (pair_pose per pair, as before the store, but with
+             today's feature functions) at 1x; then,
              untimed, what `trainer.featurize` adds: manifest + fitted training statistics
   warm       reading -> first training step with a warm store (prepare_data + one batch), s
   train      one epoch of `train()` from the warm store: peak RSS, samples/s; windows start
@@ -20,7 +21,7 @@ Every measurement runs in a fresh process (peak RSS = that process's ru_maxrss):
   memory     at 1x also feature_store=none (features in RAM): samples/s and peak RSS, with the
              bench's per-frame MLP (data-bound) and with the default Conv1D-BiLSTM
   predict    `Predictor.probabilities` on the validation videos: peak RSS
-Results: benchmarks/results/scale_<host>.json, a plot benchmarks/results/scale.png.
+Results: benchmarks/results/scale_cpu.json (--out), its plot next to it (scale_cpu.png).
 """
 
 from __future__ import annotations
@@ -255,7 +256,12 @@ def targets(rows: list[dict]) -> dict:
     out["warm_vs_cold"] = max(r["warm"]["seconds"] / r["featurise_2"]["seconds"] for r in rows)
     both = [r for r in rows if "featurise_1" in r]
     out["two_vs_one_worker"] = min(r["featurise_1"]["seconds"] / r["featurise_2"]["seconds"] for r in both)
-    out["one_worker_vs_today"] = one["featurise_1"]["pair_frames_per_s"] / one["reference"]["pair_frames_per_s"]
+    # informational: the per-pair path runs today's (already faster) feature functions too
+    out["one_worker_vs_per_pair_path"] = one["featurise_1"]["pair_frames_per_s"] / one["reference"]["pair_frames_per_s"]
+    # the target's "today" is the code before the store: benchmarks/featurise_vs_prestore.py
+    prestore = RESULTS / "featurise_vs_prestore.json"
+    out["one_worker_vs_prestore"] = (json.loads(prestore.read_text())["store_vs_prestore"]
+                                     if prestore.is_file() else None)
     out["store_vs_memory_samples_per_s"] = one["train_store"]["samples_per_s"] / one["train_memory"]["samples_per_s"]
     out["store_vs_memory_default_model"] = (one["train_store_default_model"]["samples_per_s"]
                                             / one["train_memory_default_model"]["samples_per_s"])
@@ -263,7 +269,8 @@ def targets(rows: list[dict]) -> dict:
         "train_rss_flat (<=1.25x, <=3 GB)": out["train_rss_ratio_largest_vs_1x"] <= 1.25 and out["train_rss_largest_mb"] <= 3072,
         "warm_startup (<=10% of cold)": out["warm_vs_cold"] <= 0.10,
         "two_workers (>=1.7x)": out["two_vs_one_worker"] >= 1.7,
-        "one_worker_vs_today (>=2x)": out["one_worker_vs_today"] >= 2.0,
+        "one_worker_vs_today (>=2x, featurise_vs_prestore.json)": (
+            "not measured" if out["one_worker_vs_prestore"] is None else out["one_worker_vs_prestore"] >= 2.0),
         "store_vs_memory (>=0.95x)": out["store_vs_memory_samples_per_s"] >= 0.95,
         "store_vs_memory, default model (>=0.95x)": out["store_vs_memory_default_model"] >= 0.95,
     }
