@@ -282,6 +282,7 @@ def plot(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = result["rows"]
     x = [r["videos"] for r in rows]
@@ -303,6 +304,9 @@ def plot(result: dict, path: Path) -> None:
     ax[1].set_xlabel("videos")
     ax[1].set_ylabel("seconds")
     ax[1].legend()
+    for a in ax:  # label the measured data-set sizes only
+        a.set_xticks(x, [str(v) for v in x])
+        a.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     fig.suptitle(f"feature store at scale ({result['host']}, {result['cpus']} CPUs)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
