@@ -180,3 +180,14 @@ def test_score_submission_cli(tmp_path, caplog):
     caplog.clear()
     assert score_submission.main(args + ["--submission", str(tmp_path / "bad.csv")]) == 2
     assert "submission row 7: stop_frame 15 < start_frame 16" in caplog.text
+    # a validation split: only its videos count (LabB's video 201 alone is scored perfectly)
+    assert score_submission.main(args + ["--submission", str(tmp_path / "good.csv"), "--videos", "201", "--json",
+                                         str(tmp_path / "v.json")]) == 0
+    assert json.loads((tmp_path / "v.json").read_text())["score"] == pytest.approx(1.0)
+    (tmp_path / "ids.txt").write_text("101\n102\n")
+    assert score_submission.main(args + ["--submission", str(tmp_path / "good.csv"), "--videos",
+                                         f"@{tmp_path / 'ids.txt'}", "--json", str(tmp_path / "w.json")]) == 0
+    assert json.loads((tmp_path / "w.json").read_text())["score"] == pytest.approx((sniff + 2) / 3)
+    caplog.clear()
+    assert score_submission.main(args + ["--submission", str(tmp_path / "good.csv"), "--videos", "101,nope"]) == 2
+    assert "--videos: nope not in" in caplog.text
