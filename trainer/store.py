@@ -596,6 +596,58 @@ def featurise_recordings(recs: list[Recording], pipeline: FeaturePipeline, store
     return [StoredVideo.of(r, c) for r, c in zip(recs, contents)], [store.rows(k) for k in keys]
 
 
+def _store_video(store: FeatureStore, pipeline: FeaturePipeline, rec: Recording) -> tuple[StoredVideo, bool]:
+    """Featurise `rec` into `store` unless its entry is complete: (its StoredVideo, was it stored already)."""
+    content = content_hash(rec)
+    key = feature_key(content, pipeline.spec())
+    hit = store.valid(key)
+    if not hit:
+        pipeline.check_skeleton(rec)
+        store.write_features(key, rec, pipeline)
+    return StoredVideo.of(rec, content), hit
+
+
+def _stream_video(root: str, spec: dict, read, video) -> tuple[StoredVideo, bool]:
+    """Pool task: read one listed video in this worker and store its features (top level so it pickles)."""
+    pipeline = FeaturePipeline(spec["names"], bodyparts=spec["bodyparts"], params=spec["params"])
+    return _store_video(FeatureStore(root, create=False), pipeline, read(video))
+
+
+def stream_featurise(store: FeatureStore, videos: list, read, names: list[str], params: dict,
+                     workers: int = 0) -> tuple[list[StoredVideo], FeaturePipeline]:
+    """Read, harmonise and featurise listed videos one at a time (`trainer.data.list_sides`):
+    memory holds one video's keypoints per process, and only StoredVideos (labels, metadata)
+    stay. The first video is read here (its body parts make the pipeline); with
+    `workers` > 1 the others are read and featurised in a fork pool, each worker reading
+    its own files. Same videos, order and entries as `featurise_recordings` on the list."""
+    store.create()
+    t0 = time.perf_counter()
+    first = read(videos[0])
+    pipeline = _pipeline(names, params, first.bodyparts)
+    done = [_store_video(store, pipeline, first)]
+    del first
+    n = min(resolve_workers(workers), len(videos) - 1)
+    if threading.active_count() > 1:
+        n = 1  # forking a multi-threaded process (Ray/Modal workers) can deadlock: featurise here
+    if n <= 1:
+        done += [_store_video(store, pipeline, read(v)) for v in videos[1:]]  # each recording freed after its call
+    else:
+        rest = videos[1:]
+        pool = ProcessPoolExecutor(n, mp_context=get_context("fork"))
+        try:
+            done += list(pool.map(_stream_video, [str(store.root)] * len(rest), [pipeline.spec()] * len(rest),
+                                  [read] * len(rest), rest))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # a failed video stops the queue, not after every video
+    hits = sum(hit for _, hit in done)
+    store.hits += hits
+    store.misses += len(done) - hits
+    log.info("feature store %s: read and featurised %d video(s) one at a time in %.1f s (%d worker(s)); %d reused",
+             store.root, len(done) - hits, time.perf_counter() - t0, max(n, 1), hits)
+    store.log_event(hits, len(done) - hits)
+    return [v for v, _ in done], pipeline
+
+
 def _warm(cfg, store: FeatureStore, dkey: str, names, params):
     """(videos, num_train, rows) from a complete manifest and complete entries, else None."""
     found = store.read_dataset(dkey)
@@ -611,6 +663,23 @@ def _warm(cfg, store: FeatureStore, dkey: str, names, params):
     store.hits += len(keys)
     store.log_event(len(keys), 0)
     return videos, num_train, {v.video_id: store.rows(k) for v, k in zip(videos, keys)}, pipeline
+
+
+def _cold_stream(cfg, store: FeatureStore, names, params):
+    """(videos, num_train, pipeline) featurised one video at a time, or (None,)*3 when the
+    format cannot list its videos (or its listing's body parts were wrong): read them all then."""
+    from trainer.data import ListingMismatch, list_sides
+
+    listed = list_sides(cfg)
+    if listed is None:
+        return None, None, None
+    videos, num_train, read = listed
+    try:
+        stored, pipeline = stream_featurise(store, videos, read, names, params, cfg.featurize_workers)
+    except ListingMismatch as e:
+        log.info("%s; reading every video before harmonising", e)
+        return None, None, None
+    return stored, num_train, pipeline
 
 
 def featurised_splits(cfg, *, names: list[str], params: dict, recordings=None) -> Featurised:
@@ -640,11 +709,16 @@ def featurised_splits(cfg, *, names: list[str], params: dict, recordings=None) -
         videos, num_train, rows, pipeline = warm
         log.info("feature store %s: %d videos reused, nothing read", store.root, len(videos))
     else:
-        recs, num_train = read_sides(cfg)
-        pipeline = _pipeline(names, params, recs[0].bodyparts)
-        videos, rows = featurise_recordings(recs, pipeline, store, workers)
-        rows = {v.video_id: r for v, r in zip(videos, rows)}
-        del recs
+        videos, num_train, pipeline = _cold_stream(cfg, store, names, params) if store is not None else (None,) * 3
+        if videos is not None:
+            spec = pipeline.spec()
+            rows = {v.video_id: store.rows(feature_key(v.content, spec)) for v in videos}
+        else:
+            recs, num_train = read_sides(cfg)
+            pipeline = _pipeline(names, params, recs[0].bodyparts)
+            videos, rows = featurise_recordings(recs, pipeline, store, workers)
+            rows = {v.video_id: r for v, r in zip(videos, rows)}
+            del recs
         if store is not None:
             store.write_dataset(dkey, videos, num_train)
     train, val = split_videos(videos, num_train, cfg)
