@@ -665,20 +665,25 @@ def _warm(cfg, store: FeatureStore, dkey: str, names, params):
     return videos, num_train, {v.video_id: store.rows(k) for v, k in zip(videos, keys)}, pipeline
 
 
-def _cold_stream(cfg, store: FeatureStore, names, params):
-    """(videos, num_train, pipeline) featurised one video at a time, or (None,)*3 when the
-    format cannot list its videos (or its listing's body parts were wrong): read them all then."""
+def stream_sides(cfg, store: FeatureStore, names: list[str], params: dict, *,
+                 indices: list[int] | None = None) -> tuple[list[StoredVideo], int | None, FeaturePipeline] | None:
+    """The configured videos (`read_sides`) featurised one at a time into `store`:
+    (videos, num_train, pipeline), or None when the format cannot list its videos or its
+    listing announced the wrong body parts (the caller then reads them all). indices: only
+    these positions of the data set (a Modal container's share)."""
     from trainer.data import ListingMismatch, list_sides
 
     listed = list_sides(cfg)
     if listed is None:
-        return None, None, None
+        return None
     videos, num_train, read = listed
+    if indices is not None:
+        videos = [videos[i] for i in indices]
     try:
         stored, pipeline = stream_featurise(store, videos, read, names, params, cfg.featurize_workers)
     except ListingMismatch as e:
         log.info("%s; reading every video before harmonising", e)
-        return None, None, None
+        return None
     return stored, num_train, pipeline
 
 
@@ -709,8 +714,9 @@ def featurised_splits(cfg, *, names: list[str], params: dict, recordings=None) -
         videos, num_train, rows, pipeline = warm
         log.info("feature store %s: %d videos reused, nothing read", store.root, len(videos))
     else:
-        videos, num_train, pipeline = _cold_stream(cfg, store, names, params) if store is not None else (None,) * 3
-        if videos is not None:
+        streamed = stream_sides(cfg, store, names, params) if store is not None else None
+        if streamed is not None:
+            videos, num_train, pipeline = streamed
             spec = pipeline.spec()
             rows = {v.video_id: store.rows(feature_key(v.content, spec)) for v in videos}
         else:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.data.recording import UNLABELLED, DataError, Recording
-from trainer.data.skeleton import Harmonisation, harmonise, harmonisation
+from trainer.data.skeleton import Harmonisation, harmonisation, harmonise
 from trainer.hints import did_you_mean
 
 Reader = Callable[..., list[Recording]]
