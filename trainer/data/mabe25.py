@@ -16,7 +16,8 @@ ignore masked classes instead of counting them as negatives. Train videos withou
 `behaviors_labeled` (unannotated extra data) are skipped with a log line.
 
 Tracking is pivoted with numpy indexing (no loop over rows); one video is read at a time,
-so a lab is never held in memory twice. The competition's grammar (triples, ids, `self`)
+so a lab is never held in memory twice. `list_mabe25` lists the videos from the csv alone
+(`MabeVideo.read()` reads one), so a cold feature store never holds every video at once. The competition's grammar (triples, ids, `self`)
 and the scorer's solution table live in trainer/kaggle_mabe.py.
 """
 
