@@ -93,7 +93,8 @@ def _store_state(cfg):
     manifest = json.loads(man.read_text())
     manifest.pop("created")
     entries = {p.parent.name: p.read_bytes() for p in (root / "features").glob("*/*/x.npy")}
-    return man.parent.name, manifest, entries
+    labels = {p.name: p.read_bytes() for p in man.parent.glob("labels_*.npy")}
+    return man.parent.name, manifest, entries, labels
 
 
 def test_streamed_store_equals_the_list_path(tmp_path, list_path):
@@ -106,7 +107,10 @@ def test_streamed_store_equals_the_list_path(tmp_path, list_path):
     assert streamed.pipeline.spec() == listed.pipeline.spec()
     a = _store_state(_cfg(tmp_path, tmp_path / "d", out="s"))
     b = _store_state(_cfg(tmp_path, tmp_path / "d", out="l"))
-    assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2] and len(a[2]) == 6
+    assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2] and len(a[2]) == 6 and a[3] == b[3] and len(a[3]) == 6
+    for s, w in zip(streamed.train + streamed.val, listed.train + listed.val):
+        assert isinstance(s.labels, np.memmap) and not isinstance(w.labels, np.memmap)  # streamed: labels on disk
+        assert np.array_equal(s.labels, w.labels) and s.meta.keys() == w.meta.keys()
 
 
 @pytest.fixture
@@ -176,6 +180,7 @@ def test_bad_parquet_in_a_worker_is_one_line_naming_it(tmp_path):
     with pytest.raises(DataError, match="303.parquet: cannot read as parquet") as e:
         featurised_splits(cfg, names=NAMES, params=PARAMS)
     assert "\n" not in str(e.value)
+    assert not list((tmp_path / "runs" / "feature_store" / "datasets").iterdir())  # no half manifest left
 
 
 @pytest.mark.slow
