@@ -25,8 +25,9 @@ and one rename wins. An entry whose files do not match its marker (truncated, de
 rebuilt. Features are stored float32 and unstandardised: statistics fitted on the training
 set live in the checkpoint (trainer/features.py), so predict on new data only needs the
 checkpoint. A cold store of a format that lists its videos (`trainer.data.list_sides`) reads
-and featurises them one at a time (`stream_featurise`). Windows are read with `os.pread` (no memory map): a process's memory stays flat
-however large the store is, and the OS page cache does the caching.
+and featurises them one at a time (`stream_featurise`). Windows are read with `os.pread`
+(no memory map): a process's memory stays flat however large the store is, and the OS page
+cache does the caching.
 """
 
 from __future__ import annotations
