@@ -17,8 +17,9 @@ ignore masked classes instead of counting them as negatives. Train videos withou
 
 Tracking is pivoted with numpy indexing (no loop over rows); one video is read at a time,
 so a lab is never held in memory twice. `list_mabe25` lists the videos from the csv alone
-(`MabeVideo.read()` reads one), so a cold feature store never holds every video at once. The competition's grammar (triples, ids, `self`)
-and the scorer's solution table live in trainer/kaggle_mabe.py.
+(`MabeVideo.read()` reads one), so a cold feature store never holds every video at once.
+The competition's grammar (triples, ids, `self`) and the scorer's solution table live in
+trainer/kaggle_mabe.py.
 """
 
 from __future__ import annotations
