@@ -199,3 +199,24 @@ def test_train_streamed_equals_list_path(tmp_path, list_path):
     assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
     assert _store_state(_cfg(tmp_path, tmp_path / "d", out="s"))[1:] == _store_state(_cfg(tmp_path, tmp_path / "d",
                                                                                          out="l"))[1:]
+
+
+def test_synthetic_videos_are_listed_and_generated_one_at_a_time(tmp_path):
+    cfg = make_config(None, ["data.synthetic.num_videos=3", "data.synthetic.frames_per_video=100",
+                             "data.synthetic.num_mice=3", f"output_dir={tmp_path}"])
+    recs, num_train = data_mod.read_sides(cfg)
+    videos, n, read = data_mod.list_sides(cfg)
+    assert n == num_train is None and [v.video_id for v in videos] == [r.video_id for r in recs]
+    assert [content_hash(read(v)) for v in videos] == [content_hash(r) for r in recs]
+
+
+def test_mixed_skeletons_under_native_give_the_list_paths_error(tmp_path, list_path):
+    _mabe(tmp_path / "d")
+    errors = []
+    for out in ("s", "l"):
+        with pytest.raises(DataError) as e:
+            featurised_splits(_cfg(tmp_path, tmp_path / "d", "data.skeleton=native", out=out), names=NAMES,
+                              params=PARAMS)
+        errors.append(str(e.value))
+        list_path()
+    assert errors[0] == errors[1] and "differ from the training set's" in errors[0]
