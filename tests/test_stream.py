@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import weakref
@@ -220,3 +221,18 @@ def test_mixed_skeletons_under_native_give_the_list_paths_error(tmp_path, list_p
         errors.append(str(e.value))
         list_path()
     assert errors[0] == errors[1] and "differ from the training set's" in errors[0]
+
+
+def test_read_only_store_is_one_clear_line(tmp_path, monkeypatch):
+    _mabe(tmp_path / "d", n=2)
+    mkdir = Path.mkdir
+
+    def read_only(self, *a, **k):
+        if self.name.startswith(".tmp-"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(DataError, match="read-only file system") as e:
+        featurised_splits(_cfg(tmp_path, tmp_path / "d"), names=NAMES, params=PARAMS)
+    assert "\n" not in str(e.value) and "feature_store=none" in str(e.value)

@@ -514,7 +514,10 @@ class DatasetWriter:
 
     def __init__(self, store: FeatureStore, dkey: str):
         self.store, self.final = store, store.dataset(dkey)
-        self.tmp = store._tmp(self.final)
+        try:
+            self.tmp = store._tmp(self.final)
+        except OSError as e:
+            raise store._error("cannot write the data-set manifest", e) from None
         self.infos: list[dict] = []
         self.sizes: list[int] = []
 
