@@ -184,7 +184,6 @@ def test_bad_parquet_in_a_worker_is_one_line_naming_it(tmp_path):
     assert not list((tmp_path / "runs" / "feature_store" / "datasets").iterdir())  # no half manifest left
 
 
-@pytest.mark.slow
 def test_train_streamed_equals_list_path(tmp_path, list_path):
     _mabe(tmp_path / "d")
     keys = ["data.units=cm", "data.split=by_lab", "epochs=2", "sequence_length=16", "batch_size=8",
