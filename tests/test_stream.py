@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing as mp
 import os
 import weakref
 from pathlib import Path
@@ -149,13 +150,25 @@ def test_cold_store_holds_one_video_at_a_time(tmp_path, counted, list_path):
     assert alive["max"] == 6
 
 
+def _featurise_in_child(cfg, pid_file):
+    pid_file.write_text(str(os.getpid()))
+    featurised_splits(cfg, names=NAMES, params=PARAMS)
+
+
 def test_pool_workers_read_their_own_videos(tmp_path, counted):
     _, log = counted
     _mabe(tmp_path / "d")
-    featurised_splits(_cfg(tmp_path, tmp_path / "d", "featurize_workers=2", out="s"), names=NAMES, params=PARAMS)
+    # in a forked child: it has one thread (the store featurises in-process in multi-threaded callers,
+    # and earlier tests may have left threads in this one)
+    cfg = _cfg(tmp_path, tmp_path / "d", "featurize_workers=2", out="s")
+    child = mp.get_context("fork").Process(target=_featurise_in_child, args=(cfg, tmp_path / "pid"))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0
+    parent = int((tmp_path / "pid").read_text())
     reads = [tuple(map(int, x.split())) for x in log.read_text().splitlines()]
     assert len(reads) == 6
-    assert sum(pid == os.getpid() for pid, _ in reads) == 1  # the parent reads only the first video
+    assert sum(pid == parent for pid, _ in reads) == 1  # the featurising process reads only the first video
     assert len({pid for pid, _ in reads}) == 3 and max(n for _, n in reads) == 1
 
 
