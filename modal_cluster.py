@@ -320,20 +320,22 @@ def featurize_videos(config: dict, indices: list[int]) -> dict:
     store on the volume (<output_dir>/feature_store, as training uses it), then commit."""
     from trainer.data import read_sides
     from trainer.features import FeaturePipeline
-    from trainer.store import open_store
+    from trainer.store import open_store, stream_sides
 
     _setup_logging()
     cfg = container_config(config, "featurize")
-    recs, _ = read_sides(cfg)  # readers return every video; this container keeps only its share
-    recs = [recs[i] for i in indices]
     store = open_store(cfg)
     if store is None:
         raise ConfigError("feature_store=none: there is no store to write on the volume")
-    pipeline = FeaturePipeline(cfg.feature_names(), bodyparts=recs[0].bodyparts, params=_feature_params(cfg))
-    store.ensure(recs, pipeline, workers=cfg.featurize_workers)
+    # listed formats: read only this container's videos, one at a time
+    if stream_sides(cfg, store, cfg.feature_names(), _feature_params(cfg), indices=indices) is None:
+        recs, _ = read_sides(cfg)  # this reader returns every video; keep this container's share
+        recs = [recs[i] for i in indices]
+        pipeline = FeaturePipeline(cfg.feature_names(), bodyparts=recs[0].bodyparts, params=_feature_params(cfg))
+        store.ensure(recs, pipeline, workers=cfg.featurize_workers)
     if not modal.is_local():
         volume.commit()
-    return {"videos": len(recs), "built": store.misses, "reused": store.hits}
+    return {"videos": len(indices), "built": store.misses, "reused": store.hits}
 
 
 def _feature_params(cfg: Config) -> dict:
@@ -348,14 +350,13 @@ def featurize(config: dict, containers: int = 8) -> dict:
     entries), then writes the data-set manifest here, so every later train/sweep on the
     volume starts warm. Returns {"videos", "built", "reused", "containers"}.
     """
-    from trainer.data import read_sides
+    from trainer.data import list_sides, read_sides
     from trainer.store import featurised_splits
 
     _setup_logging()
     cfg = container_config(config, "featurize")
-    recs, _ = read_sides(cfg)
-    n = len(recs)
-    del recs
+    listed = list_sides(cfg)  # counting listed videos reads no tracking
+    n = len(listed[0]) if listed is not None else len(read_sides(cfg)[0])
     chunks = [c.tolist() for c in np.array_split(np.arange(n), max(1, min(int(containers), n))) if len(c)]
     if local_mode():
         parts = [_in_process(featurize_videos, config, c) for c in chunks]

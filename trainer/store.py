@@ -24,8 +24,10 @@ writer never leaves a half entry under its final name; two writers of one entry 
 and one rename wins. An entry whose files do not match its marker (truncated, deleted) is
 rebuilt. Features are stored float32 and unstandardised: statistics fitted on the training
 set live in the checkpoint (trainer/features.py), so predict on new data only needs the
-checkpoint. Windows are read with `os.pread` (no memory map): a process's memory stays flat
-however large the store is, and the OS page cache does the caching.
+checkpoint. A cold store of a format that lists its videos (`trainer.data.list_sides`) reads
+and featurises them one at a time (`stream_featurise`). Windows are read with `os.pread`
+(no memory map): a process's memory stays flat however large the store is, and the OS page
+cache does the caching.
 """
 
 from __future__ import annotations
@@ -495,23 +497,10 @@ class FeatureStore:
             return None
 
     def write_dataset(self, dkey: str, videos: list[StoredVideo], num_train: int | None) -> None:
-        final = self.dataset(dkey)
-        tmp = self._tmp(final)
-        try:
-            sizes = []
-            for i, v in enumerate(videos):
-                if v.labels is not None:
-                    np.save(tmp / f"labels_{i}.npy", np.asarray(v.labels, dtype=np.int64))
-                    sizes.append((tmp / f"labels_{i}.npy").stat().st_size)
-                else:
-                    sizes.append(0)
-            man = {"videos": [v.info() for v in videos], "num_train": num_train, "label_sizes": sizes,
-                   "created": time.time()}
-            (tmp / "manifest.json").write_text(json.dumps(man))
-            self._publish(tmp, final)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise self._error("cannot write the data-set manifest", e) from None
+        writer = DatasetWriter(self, dkey)
+        for v in videos:
+            writer.add(v)
+        writer.finish(num_train)
 
     # -- listing and pruning
     def listing(self) -> list[dict]:
@@ -546,6 +535,49 @@ class FeatureStore:
                 shutil.rmtree(e["path"], ignore_errors=True)
                 gone.append(e)
         return gone
+
+
+class DatasetWriter:
+    """Writes manifest `dkey` video by video: each video's labels go to disk as it arrives
+    (`add` returns them memory-mapped), the manifest last (`finish`), so a streamed cold
+    path never holds every video's labels. Everything lives in a private temporary
+    directory until `finish` renames it into place; `discard` (or a failed write) removes it."""
+
+    def __init__(self, store: FeatureStore, dkey: str):
+        self.store, self.final = store, store.dataset(dkey)
+        try:
+            self.tmp = store._tmp(self.final)
+        except OSError as e:
+            raise store._error("cannot write the data-set manifest", e) from None
+        self.infos: list[dict] = []
+        self.sizes: list[int] = []
+
+    def add(self, v: StoredVideo) -> np.ndarray | None:
+        """Write the labels of `v` (the next video); its labels memory-mapped from the file, or None."""
+        path = self.tmp / f"labels_{len(self.infos)}.npy"
+        try:
+            out = None
+            if v.labels is not None:
+                np.save(path, np.asarray(v.labels, dtype=np.int64))
+                out = np.load(path, mmap_mode="r")
+            self.sizes.append(path.stat().st_size if v.labels is not None else 0)
+        except OSError as e:
+            self.discard()
+            raise self.store._error("cannot write the data-set manifest", e) from None
+        self.infos.append(v.info())
+        return out
+
+    def finish(self, num_train: int | None) -> None:
+        man = {"videos": self.infos, "num_train": num_train, "label_sizes": self.sizes, "created": time.time()}
+        try:
+            (self.tmp / "manifest.json").write_text(json.dumps(man))
+            self.store._publish(self.tmp, self.final)
+        except OSError as e:
+            self.discard()
+            raise self.store._error("cannot write the data-set manifest", e) from None
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def resolve_workers(n: int) -> int:
@@ -627,6 +659,69 @@ def featurise_recordings(recs: list[Recording], pipeline: FeaturePipeline, store
     return [StoredVideo.of(r, c) for r, c in zip(recs, contents)], [store.rows(k) for k in keys]
 
 
+def _store_video(store: FeatureStore, pipeline: FeaturePipeline, rec: Recording) -> tuple[StoredVideo, bool]:
+    """Featurise `rec` into `store` unless its entry is complete: (its StoredVideo, was it stored already)."""
+    content = content_hash(rec)
+    key = feature_key(content, pipeline.spec())
+    hit = store.valid(key)
+    if not hit:
+        pipeline.check_skeleton(rec)
+        store.write_features(key, rec, pipeline)
+    return StoredVideo.of(rec, content), hit
+
+
+def _stream_video(root: str, spec: dict, read, video) -> tuple[StoredVideo, bool]:
+    """Pool task: read one listed video in this worker and store its features (top level so it pickles)."""
+    pipeline = FeaturePipeline(spec["names"], bodyparts=spec["bodyparts"], params=spec["params"])
+    return _store_video(FeatureStore(root, create=False), pipeline, read(video))
+
+
+def stream_featurise(store: FeatureStore, videos: list, read, names: list[str], params: dict, workers: int = 0,
+                     writer: DatasetWriter | None = None) -> tuple[list[StoredVideo], FeaturePipeline]:
+    """Read, harmonise and featurise listed videos one at a time (`trainer.data.list_sides`):
+    memory holds one video's keypoints per process, and only StoredVideos (labels, metadata)
+    stay. The first video is read here (its body parts make the pipeline); with
+    `workers` > 1 the others are read and featurised in a fork pool, each worker reading
+    its own files. Same videos, order and entries as `featurise_recordings` on the list.
+    writer: each video's labels are written to this manifest as it arrives and kept
+    memory-mapped (not in RAM)."""
+    store.create()
+    t0 = time.perf_counter()
+    done: list[tuple[StoredVideo, bool]] = []
+
+    def take(result: tuple[StoredVideo, bool]) -> None:
+        if writer is not None:
+            result[0].labels = writer.add(result[0])
+        done.append(result)
+
+    first = read(videos[0])
+    pipeline = _pipeline(names, params, first.bodyparts)
+    take(_store_video(store, pipeline, first))
+    del first
+    n = min(resolve_workers(workers), len(videos) - 1)
+    if threading.active_count() > 1:
+        n = 1  # forking a multi-threaded process (Ray/Modal workers) can deadlock: featurise here
+    if n <= 1:
+        for v in videos[1:]:
+            take(_store_video(store, pipeline, read(v)))  # the recording is freed when the call returns
+    else:
+        rest = videos[1:]
+        pool = ProcessPoolExecutor(n, mp_context=get_context("fork"))
+        try:
+            for result in pool.map(_stream_video, [str(store.root)] * len(rest), [pipeline.spec()] * len(rest),
+                                   [read] * len(rest), rest):
+                take(result)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # a failed video stops the queue, not after every video
+    hits = sum(hit for _, hit in done)
+    store.hits += hits
+    store.misses += len(done) - hits
+    log.info("feature store %s: read and featurised %d video(s) one at a time in %.1f s (%d worker(s)); %d reused",
+             store.root, len(done) - hits, time.perf_counter() - t0, max(n, 1), hits)
+    store.log_event(hits, len(done) - hits)
+    return [v for v, _ in done], pipeline
+
+
 def _warm(cfg, store: FeatureStore, dkey: str, names, params):
     """(videos, num_train, rows) from a complete manifest and complete entries, else None."""
     found = store.read_dataset(dkey)
@@ -642,6 +737,39 @@ def _warm(cfg, store: FeatureStore, dkey: str, names, params):
     store.hits += len(keys)
     store.log_event(len(keys), 0)
     return videos, num_train, {v.video_id: store.rows(k) for v, k in zip(videos, keys)}, pipeline
+
+
+def stream_sides(cfg, store: FeatureStore, names: list[str], params: dict, *, indices: list[int] | None = None,
+                 dkey: str | None = None) -> tuple[list[StoredVideo], int | None, FeaturePipeline] | None:
+    """The configured videos (`read_sides`) featurised one at a time into `store`:
+    (videos, num_train, pipeline), or None when the format cannot list its videos or its
+    listing announced the wrong body parts (the caller then reads them all). indices: only
+    these positions of the data set (a Modal container's share). dkey: also write the
+    data-set manifest `dkey`, labels video by video (the videos' labels come back memory-mapped)."""
+    from trainer.data import ListingMismatch, list_sides
+
+    listed = list_sides(cfg)
+    if listed is None:
+        return None
+    videos, num_train, read = listed
+    if indices is not None:
+        videos = [videos[i] for i in indices]
+    store.create()
+    writer = DatasetWriter(store, dkey) if dkey is not None else None
+    try:
+        stored, pipeline = stream_featurise(store, videos, read, names, params, cfg.featurize_workers, writer)
+    except ListingMismatch as e:
+        if writer is not None:
+            writer.discard()
+        log.info("%s; reading every video before harmonising", e)
+        return None
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    if writer is not None:
+        writer.finish(num_train)
+    return stored, num_train, pipeline
 
 
 def featurised_splits(cfg, *, names: list[str], params: dict, recordings=None) -> Featurised:
@@ -671,13 +799,19 @@ def featurised_splits(cfg, *, names: list[str], params: dict, recordings=None) -
         videos, num_train, rows, pipeline = warm
         log.info("feature store %s: %d videos reused, nothing read", store.root, len(videos))
     else:
-        recs, num_train = read_sides(cfg)
-        pipeline = _pipeline(names, params, recs[0].bodyparts)
-        videos, rows = featurise_recordings(recs, pipeline, store, workers)
-        rows = {v.video_id: r for v, r in zip(videos, rows)}
-        del recs
-        if store is not None:
-            store.write_dataset(dkey, videos, num_train)
+        streamed = stream_sides(cfg, store, names, params, dkey=dkey) if store is not None else None
+        if streamed is not None:  # one video at a time; the manifest is written
+            videos, num_train, pipeline = streamed
+            spec = pipeline.spec()
+            rows = {v.video_id: store.rows(feature_key(v.content, spec)) for v in videos}
+        else:
+            recs, num_train = read_sides(cfg)
+            pipeline = _pipeline(names, params, recs[0].bodyparts)
+            videos, rows = featurise_recordings(recs, pipeline, store, workers)
+            rows = {v.video_id: r for v, r in zip(videos, rows)}
+            del recs
+            if store is not None:
+                store.write_dataset(dkey, videos, num_train)
     train, val = split_videos(videos, num_train, cfg)
     return Featurised(train, val, rows, pipeline, store)
 

@@ -3,6 +3,12 @@
 A reader is `reader(path: str, *, data: DataConfig, fps: float) -> list[Recording]`
 (`fps` is the config's fallback for formats that do not store a frame rate). Adding a
 format = one module + one `READERS` line (docs/contributing.md); nothing else changes.
+
+A format may also have a lister (`LISTERS`, same arguments) that returns its videos without
+reading them: objects with `video_id`, `bodyparts` (the body-part list `read()` will give,
+or None when unknown before reading) and `read() -> Recording`, picklable, in the reader's
+order. The feature store's cold path then reads and featurises one video at a time
+(`list_sides`), so memory does not grow with the number of videos.
 """
 
 from __future__ import annotations
@@ -10,11 +16,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from trainer.data.recording import UNLABELLED, DataError, Recording
-from trainer.data.skeleton import harmonise
+from trainer.data.skeleton import Harmonisation, harmonisation, harmonise
 from trainer.hints import did_you_mean
 
 Reader = Callable[..., list[Recording]]
@@ -31,8 +38,15 @@ READERS: dict[str, str] = {
     "auto": "trainer.data.detect:read_auto",  # detect one of the above from the files
 }
 
+# name -> "module:function" listing the videos of a format without reading them (streaming
+# featurisation); formats not listed here are read whole by the cold feature-store path
+LISTERS: dict[str, str] = {
+    "synthetic": "trainer.data.synthetic:list_synthetic",
+    "mabe25": "trainer.data.mabe25:list_mabe25",
+}
+
 __all__ = ["READERS", "UNLABELLED", "DataError", "Recording", "get_reader", "load_recordings", "load_splits",
-           "read_recordings", "split_recordings"]
+           "read_recordings", "split_recordings", "LISTERS", "ListingMismatch", "VideoReading", "list_sides"]
 
 
 def register_reader(name: str, target: str) -> None:
@@ -112,19 +126,83 @@ def load_splits(cfg) -> tuple[list[Recording], list[Recording]]:
     return split_videos(recs, num_train, cfg)
 
 
+def side_paths(cfg) -> tuple[str, str]:
+    """(training path, validation path or "") of `cfg`; both "" for synthetic data."""
+    d = cfg.data
+    if d.format == "synthetic":
+        return "", ""
+    return d.path or cfg.train_data_dir, d.val_path or cfg.val_data_dir
+
+
 def read_sides(cfg) -> tuple[list[Recording], int | None]:
     """Every configured recording, harmonised; and how many of them (the first ones) come from
     the training path when a separate validation path is set (else None: split by `data.split`)."""
     d = cfg.data
-    train_path = d.path or cfg.train_data_dir
-    val_path = d.val_path or cfg.val_data_dir
-    if d.format == "synthetic":
-        train_path, val_path = "", ""
+    train_path, val_path = side_paths(cfg)
     recs = read_recordings(d.format, train_path, data=d, fps=cfg.fps)
     if val_path:
         val = read_recordings(d.format, val_path, data=d, fps=cfg.fps)
         return harmonise(recs + val, skeleton=d.skeleton, units=d.units), len(recs)  # one layout for both sides
     return harmonise(recs, skeleton=d.skeleton, units=d.units), None
+
+
+class ListingMismatch(Exception):
+    """A video's tracking does not hold the body parts its listing announced, so the
+    harmonisation planned from the listing may be wrong: read every video first instead."""
+
+
+@dataclass(frozen=True)
+class VideoReading:
+    """Reads one listed video into exactly the Recording `read_sides` gives for it.
+
+    plan: the data set's harmonisation (decided from the listing); unlabelled: classes
+    turned into -1 (`data.unlabelled_behaviors`); check_layout: the plan depends on the
+    listed body parts (skeleton=auto), so a video that tracks others raises ListingMismatch.
+    """
+
+    plan: Harmonisation
+    unlabelled: tuple[str, ...] = ()
+    check_layout: bool = False
+
+    def __call__(self, video) -> Recording:
+        rec = video.read()
+        if self.check_layout and list(rec.bodyparts) != list(video.bodyparts):
+            raise ListingMismatch(f"video {video.video_id} tracks {list(rec.bodyparts)}, its listing says "
+                                  f"{list(video.bodyparts)}")
+        return self.plan.apply(drop_classes([rec], list(self.unlabelled))[0])
+
+
+def _list(fmt: str, path: str, *, data, fps: float) -> list:
+    module, fn = LISTERS[fmt].split(":")
+    videos = getattr(importlib.import_module(module), fn)(path, data=data, fps=fps)
+    if not videos:
+        raise DataError(f"{path or fmt}: no recordings found (check data.path and data.format)")
+    return videos
+
+
+def list_sides(cfg) -> tuple[list, int | None, VideoReading] | None:
+    """`read_sides` one video at a time: (listed videos, num_train, read) where `read(video)`
+    is that video's Recording exactly as `read_sides(cfg)` would give it (harmonised with
+    the plan of the whole data set, decided from the listing before any tracking is read).
+
+    None when the format has no lister, or when skeleton=auto needs body-part lists the
+    listing does not give: read_sides then.
+    """
+    d = cfg.data
+    if d.format not in LISTERS:
+        return None
+    train_path, val_path = side_paths(cfg)
+    videos = _list(d.format, train_path, data=d, fps=cfg.fps)
+    num_train = None
+    if val_path:
+        num_train = len(videos)
+        videos = videos + _list(d.format, val_path, data=d, fps=cfg.fps)
+    layouts = {None if v.bodyparts is None else tuple(v.bodyparts) for v in videos}
+    if d.skeleton == "auto" and None in layouts:
+        return None
+    plan = harmonisation(layouts, skeleton=d.skeleton, units=d.units)
+    unlabelled = tuple(getattr(d, "unlabelled_behaviors", []) or [])
+    return videos, num_train, VideoReading(plan, unlabelled, check_layout=d.skeleton == "auto")
 
 
 def split_recordings(recs: list[Recording], cfg, *, fold: int | None = None) -> tuple[list[Recording], list[Recording]]:

@@ -16,8 +16,10 @@ ignore masked classes instead of counting them as negatives. Train videos withou
 `behaviors_labeled` (unannotated extra data) are skipped with a log line.
 
 Tracking is pivoted with numpy indexing (no loop over rows); one video is read at a time,
-so a lab is never held in memory twice. The competition's grammar (triples, ids, `self`)
-and the scorer's solution table live in trainer/kaggle_mabe.py.
+so a lab is never held in memory twice. `list_mabe25` lists the videos from the csv alone
+(`MabeVideo.read()` reads one), so a cold feature store never holds every video at once.
+The competition's grammar (triples, ids, `self`) and the scorer's solution table live in
+trainer/kaggle_mabe.py.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -65,6 +69,57 @@ def read_mabe25(path: str, *, data, fps: float) -> list[Recording]:
         behaviors_labeled (canonical "mouseA,mouseB|self,action" strings), intervals
         (the raw annotation table, clipped, for the official score).
     """
+    videos = list_mabe25(path, data=data, fps=fps)
+    recs = [v.read() for v in videos]
+    log.info("mabe25: read %d video(s) of %d lab(s) from %s", len(recs),
+             pd.Series([v.row["lab_id"] for v in videos]).nunique(), videos[0].csv_path)
+    return recs
+
+
+@dataclass
+class MabeVideo:
+    """One row of train.csv/test.csv, ready to be read on its own (`read()`); pickles, so a
+    process pool can read and featurise videos in its workers.
+
+    row: the csv row (column -> value, as `itertuples` gives it); whitelist: its
+    (agent, target, action) triples of the chosen actions; classes: the class list of the
+    whole file (the same for every video).
+    """
+
+    row: dict
+    root: Path
+    split: str
+    csv_path: Path
+    whitelist: list
+    classes: list[str]
+    annotated: bool
+
+    @property
+    def video_id(self) -> str:
+        return str(self.row["video_id"])
+
+    @property
+    def bodyparts(self) -> list[str] | None:
+        """Body parts as `read()` will return them when the tracking holds exactly the parts of
+        `body_parts_tracked` (the usual case); None when the csv does not say."""
+        text = self.row.get("body_parts_tracked")
+        if not isinstance(text, str) or not text.strip():
+            return None
+        try:
+            parts = json.loads(text)
+        except json.JSONDecodeError:
+            return None  # read() reports it
+        return [str(b) for b in parts] if isinstance(parts, list) else None
+
+    def read(self) -> Recording:
+        """This video's Recording (reads its tracking and annotation parquets)."""
+        return _read_video(SimpleNamespace(**self.row), self.root, self.split, self.csv_path, self.whitelist,
+                           self.classes, self.annotated)
+
+
+def list_mabe25(path: str, *, data, fps: float) -> list[MabeVideo]:
+    """The videos `read_mabe25` returns, in its order, without reading any parquet (only the
+    csv): class list, whitelists, lab filter and skipped videos are decided here."""
     root, split, csv_path, only_video = locate(path)
     table = read_video_table(csv_path)
     labs = [str(x) for x in getattr(data, "labs", []) or []]
@@ -97,11 +152,8 @@ def read_mabe25(path: str, *, data, fps: float) -> list[Recording]:
         table = table[keep]
         if table.empty:
             raise DataError(f"{csv_path}: no video has behaviors_labeled (for data.behaviors), nothing to train on")
-    recs = []
-    for row in table.itertuples(index=False):
-        recs.append(_read_video(row, root, split, csv_path, whitelists[row.video_id], classes, annotated))
-    log.info("mabe25: read %d video(s) of %d lab(s) from %s", len(recs), table["lab_id"].nunique(), csv_path)
-    return recs
+    return [MabeVideo(row._asdict(), root, split, csv_path, whitelists[row.video_id], classes, annotated)
+            for row in table.itertuples(index=False)]
 
 
 # --------------------------------------------------------------------------- layout

@@ -175,6 +175,36 @@ def to_cm(rec: Recording) -> Recording:
     return dataclasses.replace(rec, keypoints=rec.keypoints / np.float32(pix), meta=dict(rec.meta, units="cm"))
 
 
+@dataclasses.dataclass(frozen=True)
+class Harmonisation:
+    """What `harmonise` does to each video once the data set's layouts are known.
+
+    canonical: map to `CANONICAL` body parts; units: "px" (unchanged) or "cm".
+    """
+
+    canonical: bool
+    units: str
+
+    def apply(self, rec: Recording) -> Recording:
+        """`rec` on the data set's skeleton and unit (a new Recording when anything changes)."""
+        if self.canonical:
+            rec = to_canonical(rec)
+        return to_cm(rec) if self.units == "cm" else rec
+
+
+def harmonisation(layouts: set, *, skeleton: str = "auto", units: str = "px") -> Harmonisation:
+    """The plan `harmonise` applies to every video, given the set of body-part lists (tuples)
+    of the whole data set; only skeleton=auto looks at `layouts`."""
+    if skeleton not in ("auto", "native", "canonical"):
+        raise DataError(f"config key 'data.skeleton' must be auto, native or canonical; got {skeleton!r}")
+    canonical = skeleton == "canonical" or (skeleton == "auto" and len(layouts) > 1)
+    if skeleton == "auto" and canonical:
+        log.info("videos track %d different body-part sets: mapping all to the canonical skeleton", len(layouts))
+    if units not in ("px", "cm"):
+        raise DataError(f"config key 'data.units' must be px or cm; got {units!r}")
+    return Harmonisation(canonical, units)
+
+
 def harmonise(recs: list[Recording], *, skeleton: str = "auto", units: str = "px") -> list[Recording]:
     """Put a whole data set (train + val together) on one skeleton and unit.
 
@@ -184,18 +214,8 @@ def harmonise(recs: list[Recording], *, skeleton: str = "auto", units: str = "px
             the videos' body-part lists differ).
         units: "px" (unchanged) or "cm" (divide by each video's pix_per_cm).
     """
-    if skeleton not in ("auto", "native", "canonical"):
-        raise DataError(f"config key 'data.skeleton' must be auto, native or canonical; got {skeleton!r}")
-    layouts = {tuple(r.bodyparts) for r in recs}
-    if skeleton == "canonical" or (skeleton == "auto" and len(layouts) > 1):
-        if skeleton == "auto":
-            log.info("videos track %d different body-part sets: mapping all to the canonical skeleton", len(layouts))
-        recs = [to_canonical(r) for r in recs]
-    if units == "cm":
-        recs = [to_cm(r) for r in recs]
-    elif units != "px":
-        raise DataError(f"config key 'data.units' must be px or cm; got {units!r}")
-    return recs
+    plan = harmonisation({tuple(r.bodyparts) for r in recs}, skeleton=skeleton, units=units)
+    return [plan.apply(r) for r in recs]
 
 
 def conform(recs: list[Recording], *, bodyparts: list[str], units: str = "px") -> list[Recording]:

@@ -26,6 +26,8 @@ agent's behaviour if the agent is directed at that target, else "other".
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from trainer.data.recording import Recording
@@ -389,32 +391,49 @@ def generate_recording(
     )
 
 
-def generate_dataset(
-    num_videos: int, *, seed: int = 0, frames: int = 3000, **kwargs
-) -> list[Recording]:
-    """`num_videos` independent recordings; video i uses seed (seed, i) so sets nest."""
+@dataclass
+class SyntheticVideo:
+    """One video of a synthetic data set, generated on `read()` (pickles: pool workers generate it)."""
+
+    video_id: str
+    kwargs: dict
+
+    @property
+    def bodyparts(self) -> list[str]:
+        return list(CALMS21_BODYPARTS)
+
+    def read(self) -> Recording:
+        return generate_recording(self.video_id, **self.kwargs)
+
+
+def synthetic_videos(num_videos: int, *, seed: int = 0, frames: int = 3000, **kwargs) -> list[SyntheticVideo]:
+    """The videos of `generate_dataset`, not generated yet; video i uses seed (seed, i) so sets nest."""
     return [
-        generate_recording(
-            f"synthetic_{i:03d}",
-            frames=frames,
-            seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]),
-            **kwargs,
-        )
+        SyntheticVideo(f"synthetic_{i:03d}",
+                       dict(frames=frames, seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]), **kwargs))
         for i in range(num_videos)
     ]
 
 
+def generate_dataset(
+    num_videos: int, *, seed: int = 0, frames: int = 3000, **kwargs
+) -> list[Recording]:
+    """`num_videos` independent recordings; video i uses seed (seed, i) so sets nest."""
+    return [v.read() for v in synthetic_videos(num_videos, seed=seed, frames=frames, **kwargs)]
+
+
+def _options(data) -> dict:
+    s = data.synthetic
+    return dict(seed=s.seed, frames=s.frames_per_video, num_mice=s.num_mice, fps=s.fps,
+                arena_size=tuple(s.arena_size), jitter_px=s.jitter_px, missing_rate=s.missing_rate,
+                difficulty=s.difficulty)
+
+
+def list_synthetic(path: str, *, data, fps: float) -> list[SyntheticVideo]:
+    """Lister-table entry: the videos `read_synthetic` generates, each generated on `read()`."""
+    return synthetic_videos(data.synthetic.num_videos, **_options(data))
+
+
 def read_synthetic(path: str, *, data, fps: float) -> list[Recording]:
     """Reader-table entry: generate the data set described by `data.synthetic` (path unused)."""
-    s = data.synthetic
-    return generate_dataset(
-        s.num_videos,
-        seed=s.seed,
-        frames=s.frames_per_video,
-        num_mice=s.num_mice,
-        fps=s.fps,
-        arena_size=tuple(s.arena_size),
-        jitter_px=s.jitter_px,
-        missing_rate=s.missing_rate,
-        difficulty=s.difficulty,
-    )
+    return generate_dataset(data.synthetic.num_videos, **_options(data))
