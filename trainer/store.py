@@ -539,8 +539,8 @@ class FeatureStore:
 
 class DatasetWriter:
     """Writes manifest `dkey` video by video: each video's labels go to disk as it arrives
-    (`add` returns them memory-mapped), the manifest last (`finish`), so a streamed cold
-    path never holds every video's labels. Everything lives in a private temporary
+    (`add` returns them compacted to int8, as a warm run reads them: 1 byte per pair-frame
+    instead of 8), the manifest last (`finish`). Everything lives in a private temporary
     directory until `finish` renames it into place; `discard` (or a failed write) removes it."""
 
     def __init__(self, store: FeatureStore, dkey: str):
@@ -553,13 +553,13 @@ class DatasetWriter:
         self.sizes: list[int] = []
 
     def add(self, v: StoredVideo) -> np.ndarray | None:
-        """Write the labels of `v` (the next video); its labels memory-mapped from the file, or None."""
+        """Write the labels of `v` (the next video); returns them compacted (compact_labels), or None."""
         path = self.tmp / f"labels_{len(self.infos)}.npy"
         try:
             out = None
             if v.labels is not None:
                 np.save(path, np.asarray(v.labels, dtype=np.int64))
-                out = np.load(path, mmap_mode="r")
+                out = compact_labels(v.labels)
             self.sizes.append(path.stat().st_size if v.labels is not None else 0)
         except OSError as e:
             self.discard()
