@@ -24,6 +24,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -405,16 +406,41 @@ def make_tuner(sweep: Sweep, trainable, *, num_samples: int, scheduler: str, sea
         run_config=ray_tune.RunConfig(
             name=sweep.name, storage_path=sweep.storage,
             failure_config=ray_tune.FailureConfig(max_failures=0),  # an errored trial stays errored; others go on
-            # keep every pointer checkpoint (a few bytes each): Tune's experiment state is saved
-            # every ~10 s, so after a killed driver it can name a checkpoint that num_to_keep has
-            # already deleted, and resume would fail that trial (ray-project/ray#27790)
-            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=None),
+            # num_to_keep=1 makes Tune save its experiment state at every checkpoint, as resume needs
+            # (None or 2 broke resume in tests/test_tune.py). A driver killed between Tune deleting
+            # the previous pointer checkpoint and saving that state leaves a trial that resume
+            # cannot restore (ray-project/ray#27790): restore_pointer_checkpoints mends that on --resume
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
             # no Ray TensorBoard (see run_sweep); Ray's own reporter prints wide tables every few seconds,
             # TrialLines says what ended; StatusSnapshot knows which trials an interrupt caught
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TrialLines(), StatusSnapshot(sweep.name)],
             verbose=0,
         ),
     )
+
+
+def restore_pointer_checkpoints(sweep: Sweep) -> int:
+    """Put back a trial's pointer checkpoints that Tune deleted before the state naming them was saved.
+
+    With num_to_keep=1 Tune deletes a trial's previous checkpoint when it records the next, and
+    saves its experiment state right after; a driver killed in between leaves a state that
+    names the deleted one, and resume then fails that trial ("Could not recover from
+    checkpoint", ray-project/ray#27790). A pointer checkpoint carries nothing resume needs (the
+    restarted trial continues from its own run directory, resume=auto), so every missing
+    lower-numbered one is recreated as a copy of the trial's newest. Returns how many.
+    """
+    mended = 0
+    for trial in sorted(p for p in sweep.dir.glob("trial_*") if p.is_dir()):
+        checkpoints = sorted(trial.glob("checkpoint_*"))
+        if not checkpoints:
+            continue
+        newest = checkpoints[-1]
+        for i in range(int(newest.name.split("_")[-1])):
+            missing = trial / f"checkpoint_{i:06d}"
+            if not missing.exists():
+                shutil.copytree(newest, missing)
+                mended += 1
+    return mended
 
 
 def run_sweep(sweep: Sweep, *, backend: Callable | None = None, resume: bool = False, num_samples: int = 8,
@@ -424,8 +450,8 @@ def run_sweep(sweep: Sweep, *, backend: Callable | None = None, resume: bool = F
     # TensorBoard logs come from the trainer (runs/<trial>/tb, with hparams); Ray's own copies would
     # show every trial twice in `tensorboard --logdir <sweep>`
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    # with epochs of seconds (smoke tests) Ray would warn on every epoch that saving the experiment
-    # state takes long compared with the time between checkpoints
+    # num_to_keep=1 snapshots the experiment state at every checkpoint, as resume needs; with epochs of
+    # seconds (smoke tests) Ray would warn about that on every epoch
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # verbose=0 silences Tune's progress tables, but its newer console engine still prints an experiment
     # box and a "View detailed results" line; the classic engine at verbose=0 prints nothing
@@ -436,6 +462,9 @@ def run_sweep(sweep: Sweep, *, backend: Callable | None = None, resume: bool = F
     reuse_actors = not (isinstance(trainable, type) and issubclass(trainable, StreamTrial))
     t0 = time.perf_counter()
     if resume:
+        mended = restore_pointer_checkpoints(sweep)
+        if mended:
+            log.info("put back %d pointer checkpoint(s) that Tune had deleted before its last state save", mended)
         tuner = ray_tune.Tuner.restore(str(sweep.dir), ray_tune.with_resources(trainable, resources),
                                        resume_unfinished=True, resume_errored=False, restart_errored=False)
     else:

@@ -253,3 +253,18 @@ def test_smoke_test_console_ends_with_the_summary(tmp_path):
     assert lines[-2].startswith("best config:  python trainer/run.py --config ")
     assert lines[-1].startswith("TensorBoard:  tensorboard --logdir ")
     assert not any(re.match(r"trial \d+ ended", line) for line in lines[header:])  # nothing arrives late
+
+
+def test_resume_puts_back_pointer_checkpoints_tune_deleted_before_saving_its_state(tmp_path):
+    """ray-project/ray#27790: a killed driver can leave a state naming a deleted checkpoint."""
+    from types import SimpleNamespace
+
+    trial = tmp_path / "trial_001-learning_rate_0.003"
+    (trial / "checkpoint_000002").mkdir(parents=True)
+    (trial / "checkpoint_000002" / "trainer_checkpoint.json").write_text('{"path": "x"}')
+    (tmp_path / "trial_000-learning_rate_0.002").mkdir()  # no checkpoint at all: left alone
+    assert tune.restore_pointer_checkpoints(SimpleNamespace(dir=tmp_path)) == 2
+    for i in (0, 1):
+        assert (trial / f"checkpoint_00000{i}" / "trainer_checkpoint.json").read_text() == '{"path": "x"}'
+    assert tune.restore_pointer_checkpoints(SimpleNamespace(dir=tmp_path)) == 0
+    assert list((tmp_path / "trial_000-learning_rate_0.002").iterdir()) == []
