@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("pruned %d entr%s (%s)", len(gone), "y" if len(gone) == 1 else "ies",
                          _size(sum(e["bytes"] for e in gone)))
             if args.list:
-                print(listing_text(store))
+                sys.stdout.write(listing_text(store) + "\n")  # the command's output (pipeable), not a log line
             return 0
         t0 = time.perf_counter()
         feats = featurised_ahead(cfg, names=cfg.feature_names(), params=cfg.feature_params())
