@@ -328,18 +328,14 @@ def featurize_videos(config: dict, indices: list[int]) -> dict:
     if store is None:
         raise ConfigError("feature_store=none: there is no store to write on the volume")
     # listed formats: read only this container's videos, one at a time
-    if stream_sides(cfg, store, cfg.feature_names(), _feature_params(cfg), indices=indices) is None:
+    if stream_sides(cfg, store, cfg.feature_names(), cfg.feature_params(), indices=indices) is None:
         recs, _ = read_sides(cfg)  # this reader returns every video; keep this container's share
         recs = [recs[i] for i in indices]
-        pipeline = FeaturePipeline(cfg.feature_names(), bodyparts=recs[0].bodyparts, params=_feature_params(cfg))
+        pipeline = FeaturePipeline(cfg.feature_names(), bodyparts=recs[0].bodyparts, params=cfg.feature_params())
         store.ensure(recs, pipeline, workers=cfg.featurize_workers)
     if not modal.is_local():
         volume.commit()
     return {"videos": len(indices), "built": store.misses, "reused": store.hits}
-
-
-def _feature_params(cfg: Config) -> dict:
-    return cfg.feature_params()
 
 
 @app.function(volumes=VOLUMES, timeout=DEFAULTS.modal_timeout)
@@ -363,7 +359,7 @@ def featurize(config: dict, containers: int = 8) -> dict:
     else:
         parts = list(featurize_videos.map([config] * len(chunks), chunks))
         volume.reload()  # see the containers' commits
-    feats = featurised_splits(cfg, names=cfg.feature_names(), params=_feature_params(cfg))  # all hits: the manifest
+    feats = featurised_splits(cfg, names=cfg.feature_names(), params=cfg.feature_params())  # all hits: the manifest
     if not modal.is_local():
         volume.commit()
     return {"videos": n, "built": sum(p["built"] for p in parts), "reused": sum(p["reused"] for p in parts),

@@ -126,9 +126,9 @@ def plan_folds(cfg: Config, recordings: list[Recording] | None = None) -> tuple[
                               "(different fold videos); start a new run")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        (run_dir / rundir.CONFIG).write_text(config_to_yaml(cfg))
         ckpt_io.write_json(run_dir / PLAN, plan)
-    with open(run_dir / "command.txt", "a") as f:
+    with open(run_dir / rundir.COMMAND, "a") as f:
         f.write(" ".join([Path(sys.executable).name, *sys.argv]) + "\n")
     return run_dir, folds
 

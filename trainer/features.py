@@ -220,11 +220,6 @@ def pca_project(X: np.ndarray, stats: dict) -> np.ndarray:
     return (np.asarray(X, dtype=np.float64) - stats["mean"]) @ np.asarray(stats["components"]).T
 
 
-def pca(*, pose: PairPose, fps, params, stats) -> np.ndarray:
-    """Projection of the egocentric pose on the training PCA basis, (T, pca_components)."""
-    return pca_project(pca_input(pose=pose, fps=fps, params=params, stats=stats), stats)
-
-
 def temporal_stats(*, pose: PairPose, fps, params, stats) -> np.ndarray:
     """Rolling mean and std of 8 summary signals over each window in params["temporal_windows"] (s).
 

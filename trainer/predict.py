@@ -129,12 +129,15 @@ class Predictor:
         path = self.checkpoint / "postprocess.json"
         return PostprocessSettings.load(path) if path.is_file() else PostprocessSettings()
 
-    def probabilities(self, recs: list[Recording], *, batch_size: int = 64) -> list[list[np.ndarray]]:
-        """Per recording, per labelled pair: (T, C) class probabilities for every frame."""
+    def probabilities(self, recs: list[Recording], *, batch_size: int = 64,
+                      contents: list[str] | None = None) -> list[list[np.ndarray]]:
+        """Per recording, per labelled pair: (T, C) class probabilities for every frame.
+        contents: the recordings' store.content_hash when the caller has them (ensembles)."""
         from trainer.store import FeatureRows, featurise_recordings, open_store
 
         C = len(self.class_names)
-        _, rows = featurise_recordings(recs, self.pipeline, open_store(self.cfg), self.cfg.featurize_workers)
+        _, rows = featurise_recordings(recs, self.pipeline, open_store(self.cfg), self.cfg.featurize_workers,
+                                       contents=contents)
         accelerator = new_accelerator(cpu=not torch.cuda.is_available())
         model = accelerator.prepare(self.model)
         out = []
@@ -209,9 +212,12 @@ class Ensemble:
         return PostprocessSettings.load(path) if path.is_file() else PostprocessSettings()
 
     def probabilities(self, recs: list[Recording], *, batch_size: int = 64) -> list[list[np.ndarray]]:
+        from trainer.store import content_hash
+
+        contents = [content_hash(r) for r in recs]  # once, not once per member's store lookup
         total = None
         for w, m in zip(self.weights, self.members):
-            probs = m.probabilities(recs, batch_size=batch_size)
+            probs = m.probabilities(recs, batch_size=batch_size, contents=contents)
             total = ([[w * p for p in per] for per in probs] if total is None
                      else [[t + w * p for t, p in zip(tp, per)] for tp, per in zip(total, probs)])
         return total

@@ -201,13 +201,13 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if args.resume:
         overrides.append(f"resume={args.resume}")
         if args.resume != "auto" and (Path(args.resume) / "folds.json").is_file():  # a cross-validation (trainer/cv.py)
-            base = load_yaml(Path(args.resume) / "config.yaml")
+            base = load_yaml(Path(args.resume) / rundir.CONFIG)
         elif args.resume != "auto":
             ck = ckpt_io.resolve(args.resume)
             if ck is None:
                 raise ConfigError(f"--resume: no complete checkpoint in '{args.resume}'")
             run = ck.parent.parent
-            base = load_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else None
+            base = load_yaml(run / rundir.CONFIG) if (run / rundir.CONFIG).is_file() else None
             overrides += [f"name={run.name}", f"output_dir={run.parent}"]
     return make_config(args.config, overrides, base=base)
 

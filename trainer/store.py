@@ -270,7 +270,8 @@ class StoredVideo:
     def of(cls, rec: Recording, content: str | None = None) -> StoredVideo:
         return cls(rec.video_id, float(rec.fps), list(rec.mouse_ids), list(rec.bodyparts),
                    [tuple(p) for p in rec.pairs], list(rec.class_names), rec.num_frames,
-                   content or content_hash(rec), compact_labels(rec.labels), rec.label_mask, dict(rec.meta))
+                   content if content is not None else content_hash(rec),  # "": no store, no hash
+                   compact_labels(rec.labels), rec.label_mask, dict(rec.meta))
 
     def info(self) -> dict:
         return {"video_id": self.video_id, "fps": self.fps, "mouse_ids": self.mouse_ids, "bodyparts": self.bodyparts,
@@ -559,7 +560,7 @@ class DatasetWriter:
             out = None
             if v.labels is not None:
                 np.save(path, np.asarray(v.labels, dtype=np.int64))
-                out = compact_labels(v.labels)
+                out = v.labels  # already compact (StoredVideo.of)
             self.sizes.append(path.stat().st_size if v.labels is not None else 0)
         except OSError as e:
             self.discard()
@@ -683,8 +684,8 @@ def stream_featurise(store: FeatureStore, videos: list, read, names: list[str], 
     stay. The first video is read here (its body parts make the pipeline); with
     `workers` > 1 the others are read and featurised in a fork pool, each worker reading
     its own files. Same videos, order and entries as `featurise_recordings` on the list.
-    writer: each video's labels are written to this manifest as it arrives and kept
-    memory-mapped (not in RAM)."""
+    writer: each video's labels are written to this manifest as it arrives and kept in RAM
+    as compact ints (compact_labels)."""
     store.create()
     t0 = time.perf_counter()
     done: list[tuple[StoredVideo, bool]] = []
@@ -722,8 +723,8 @@ def stream_featurise(store: FeatureStore, videos: list, read, names: list[str], 
     return [v for v, _ in done], pipeline
 
 
-def _warm(cfg, store: FeatureStore, dkey: str, names, params):
-    """(videos, num_train, rows) from a complete manifest and complete entries, else None."""
+def _warm(store: FeatureStore, dkey: str, names, params):
+    """(videos, num_train, rows, pipeline) from a complete manifest and complete entries, else None."""
     found = store.read_dataset(dkey)
     if found is None or not found[0]:
         return None
@@ -745,7 +746,7 @@ def stream_sides(cfg, store: FeatureStore, names: list[str], params: dict, *, in
     (videos, num_train, pipeline), or None when the format cannot list its videos or its
     listing announced the wrong body parts (the caller then reads them all). indices: only
     these positions of the data set (a Modal container's share). dkey: also write the
-    data-set manifest `dkey`, labels video by video (the videos' labels come back memory-mapped)."""
+    data-set manifest `dkey`, labels video by video (the videos keep theirs as compact ints)."""
     from trainer.data import ListingMismatch, list_sides
 
     listed = list_sides(cfg)
@@ -794,7 +795,7 @@ def featurised_splits(cfg, *, names: list[str], params: dict, recordings=None) -
         rows = {v.video_id: r for v, r in zip(videos, rows)}
         return Featurised(videos[: len(train)], videos[len(train):], rows, pipeline, store)
     dkey = digest(dataset_identity(cfg))
-    warm = _warm(cfg, store, dkey, names, params) if store is not None else None
+    warm = _warm(store, dkey, names, params) if store is not None else None
     if warm is not None:
         videos, num_train, rows, pipeline = warm
         log.info("feature store %s: %d videos reused, nothing read", store.root, len(videos))
@@ -834,9 +835,14 @@ def featurised_ahead(cfg, *, names: list[str], params: dict) -> Featurised:
     else:
         sides = [load_splits(cfg)]
     pieces: dict[tuple[str, str], Recording] = {}
-    for train, val in sides:
-        for r in [mirror_pairs(r) if cfg.mirror_pairs else r for r in train] + list(val):
-            pieces.setdefault((r.video_id, content_hash(r)), r)
+    seen: dict[tuple[int, bool], tuple[tuple[str, str], Recording]] = {}  # folds share recording objects:
+    for train, val in sides:                                             # mirror and hash each once
+        for r, mirror in [(r, cfg.mirror_pairs) for r in train] + [(r, False) for r in val]:
+            if (id(r), mirror) not in seen:
+                piece = mirror_pairs(r) if mirror else r
+                seen[id(r), mirror] = ((piece.video_id, content_hash(piece)), piece)
+            key, piece = seen[id(r), mirror]
+            pieces.setdefault(key, piece)
     if not pieces:
         raise DataError("empty data: no videos to featurise")
     recs = list(pieces.values())
