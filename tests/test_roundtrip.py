@@ -96,3 +96,34 @@ def test_train_predict_score(tmp_path, writer):
             assert 0.0 <= mabe_score(truth, sub) <= 1.0
     else:
         assert not out.with_name("preds_submission.csv").exists()
+
+
+def test_unlabelled_behaviours_stay_unlabelled_when_a_checkpoint_reads_new_files(tmp_path):
+    """rat46's case: Caltech streams hold a `base` period that training leaves unlabelled
+    (data.unlabelled_behaviors). Predict / evaluate on new annotated files must read them the
+    same way, not reject `base` as a class the model does not know."""
+    from trainer import evaluate
+
+    trk, ann = tmp_path / "trk", tmp_path / "ann"
+    ann.mkdir(parents=True)
+    for i in range(3):
+        write_dlc(trk / f"{i}DLC_x.csv", T, ["individual1", "individual2"], ["top", "body", "tail"], seed=i)
+        (ann / f"{i}_annot.txt").write_text(
+            "Caltech Behavior Annotator - Annotation File\n\nConfiguration file:\n"
+            "base\tb\nsocial\ts\nnonsocial\tn\n\nS1: start\tend\ttype\n-----------------------------\n"
+            f"1\t{20 + i}\tbase\n{21 + i}\t50\tsocial\n51\t{T}\tnonsocial\n\n")
+    overrides = {"data.format": "dlc", "data.path": str(trk), "data.annotation_path": str(ann),
+                 "data.unlabelled_behaviors": "[base]", "data.val_fraction": 0.34, "epochs": 1,
+                 "sequence_length": 16, "batch_size": 8, "model_type": "per_frame_mlp", "hidden_dim": 8,
+                 "num_layers": 1, "features": "[coords,distances,mask]", "output_dir": str(tmp_path / "runs"),
+                 "name": "rt"}
+    train(make_config(None, [f"{k}={v}" for k, v in overrides.items()]))
+    run = tmp_path / "runs" / "rt"
+    pred = predict.Predictor.load(run / "checkpoints" / "best")
+    recs = pred.read("dlc", str(trk))
+    assert [r.class_names for r in recs] == [pred.class_names] * 3 and "base" not in pred.class_names
+    r0 = next(r for r in recs if r.video_id.startswith("0"))
+    assert (r0.labels[:20, 0] == -1).all() and (r0.labels[20:, 0] >= 0).all()  # base -> unlabelled, scored nowhere
+    out = tmp_path / "eval.json"
+    assert evaluate.main(["--checkpoint", str(run), "--data", str(trk), "--json", str(out)]) == 0
+    assert out.is_file()
