@@ -98,7 +98,7 @@ def test_train_predict_score(tmp_path, writer):
         assert not out.with_name("preds_submission.csv").exists()
 
 
-def test_unlabelled_behaviours_stay_unlabelled_when_a_checkpoint_reads_new_files(tmp_path):
+def test_a_checkpoint_reads_new_annotated_files_like_its_training_data(tmp_path):
     """rat46's case: Caltech streams hold a `base` period that training leaves unlabelled
     (data.unlabelled_behaviors). Predict / evaluate on new annotated files must read them the
     same way, not reject `base` as a class the model does not know."""
@@ -127,3 +127,18 @@ def test_unlabelled_behaviours_stay_unlabelled_when_a_checkpoint_reads_new_files
     out = tmp_path / "eval.json"
     assert evaluate.main(["--checkpoint", str(run), "--data", str(trk), "--json", str(out)]) == 0
     assert out.is_file()
+
+    # new videos elsewhere: `53` is not annotated by the run's `5_annot.txt` (a prefix inside a number),
+    # predict reads tracking only, evaluate takes --annotations
+    new_trk, new_ann = tmp_path / "new" / "trk", tmp_path / "new" / "ann"
+    new_ann.mkdir(parents=True)
+    write_dlc(new_trk / "53DLC_x.csv", T, ["individual1", "individual2"], ["top", "body", "tail"], seed=7)
+    write_dlc(trk / "5DLC_x.csv", T, ["individual1", "individual2"], ["top", "body", "tail"], seed=5)
+    (ann / "5_annot.txt").write_text((ann / "0_annot.txt").read_text())
+    preds = tmp_path / "p" / "preds.csv"
+    assert predict.main(["--checkpoint", str(run), "--input", str(new_trk), "--out", str(preds)]) == 0
+    assert set(pd.read_csv(preds)["video_id"].astype(str)) == {"53"}
+    assert evaluate.main(["--checkpoint", str(run), "--data", str(new_trk)]) == 2  # the run's annotations: none is 53's
+    (new_ann / "53_annot.txt").write_text((ann / "1_annot.txt").read_text())
+    result = evaluate.evaluate_checkpoint(run, data=str(new_trk), annotations=str(new_ann))
+    assert result["videos"] == 1 and result["labelled_frames"] == T - 21  # 1_annot: frames 1-21 are base

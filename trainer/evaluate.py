@@ -93,6 +93,7 @@ def evaluate_checkpoint(
     *,
     data: str | None = None,
     fmt: str | None = None,
+    annotations: str | None = None,
     split: str = "val",
     settings: PostprocessSettings | None = None,
     fit: bool = False,
@@ -105,11 +106,15 @@ def evaluate_checkpoint(
     "settings": dict, "videos": n, ...} where scores = {"frames": frame_scores dict, "mabe": mabe_score_details dict (mabe25)}.
     """
     pred = checkpoint if isinstance(checkpoint, Predictor | Ensemble) else Predictor.load(checkpoint)
-    args = argparse.Namespace(input=data, format=fmt, split=split)
+    args = argparse.Namespace(input=data, format=fmt, split=split, annotations=annotations)
+    if data and annotations is None and pred.cfg.data.annotation_path:
+        log.info("annotations of %s: the run's data.annotation_path %s (--annotations for others)", data,
+                 pred.cfg.data.annotation_path)
     recs = select_recordings(pred, args)
     missing = [r.video_id for r in recs if r.labels is None]
     if missing:
-        raise DataError(f"video {missing[0]} has no annotations; evaluate needs annotated videos")
+        raise DataError(f"video {missing[0]} has no annotations; evaluate needs annotated videos "
+                        "(dlc/sleap: give their annotation file/dir with --annotations)")
     probs = pred.probabilities(recs, batch_size=batch_size)
     raw = [np.stack([pr.argmax(axis=1) for pr in per_pair], axis=1) for per_pair in probs]
     settings = settings or pred.settings()
@@ -173,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p = checkpoint_cli("python -m trainer.evaluate", __doc__.split("\n\n")[0])
     p.add_argument("--data", help="annotated tracking file/dir (default: the run's own validation videos)")
     p.add_argument("--format", help="reader for --data (default: the run's data.format)")
+    p.add_argument("--annotations", help="dlc/sleap: annotation file/dir of --data (default: the run's "
+                                         "data.annotation_path)")
     p.add_argument("--split", choices=["val", "train", "all"], default="val", help="without --data: which videos")
     p.add_argument("--fit-postprocess", action="store_true",
                    help="fit per-class (mabe25: per lab x action) thresholds on these videos and save "
@@ -183,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with checkpoint_models(args) as pred:
         settings = settings_from_args(pred, args)
-        result = evaluate_checkpoint(pred, data=args.data, fmt=args.format, split=args.split,
+        result = evaluate_checkpoint(pred, data=args.data, fmt=args.format, split=args.split, annotations=args.annotations,
                                      settings=settings, fit=args.fit_postprocess, batch_size=args.batch_size)
     log.info("%s", format_report(result))
     if args.json:

@@ -105,9 +105,16 @@ class Predictor:
         bg = self.cfg.data.background_class
         return self.class_names.index(bg) if bg in self.class_names else 0
 
-    def read(self, fmt: str, path: str) -> list[Recording]:
-        """Read `path` like the training data: the model's class list, skeleton and units."""
-        data = self.cfg.data
+    def read(self, fmt: str, path: str, annotations: str | None = None) -> list[Recording]:
+        """Read `path` like the training data: the model's class list, skeleton and units.
+
+        annotations: where the annotation files of `path` are (formats with separate ones: dlc,
+        sleap); None = the run's `data.annotation_path`, "" = read the tracking only. The run's
+        `data.annotation_pairs` name its training files, so they never apply here.
+        """
+        data = dataclasses.replace(self.cfg.data, annotation_pairs=[])
+        if annotations is not None:
+            data = dataclasses.replace(data, annotation_path=annotations)
         if fmt != "synthetic":  # pin the class order, so label indices mean what the model means
             bg = self.class_names[self.background]
             # the model's classes, then the annotated names training turned unlabelled (rat46's
@@ -204,8 +211,8 @@ class Ensemble:
     def background(self) -> int:
         return self.members[0].background
 
-    def read(self, fmt: str, path: str) -> list[Recording]:
-        return self.members[0].read(fmt, path)
+    def read(self, fmt: str, path: str, annotations: str | None = None) -> list[Recording]:
+        return self.members[0].read(fmt, path, annotations)
 
     def postprocess(self, recs, probs, settings: PostprocessSettings) -> list[np.ndarray]:
         return self.members[0].postprocess(recs, probs, settings)
@@ -287,7 +294,7 @@ def save_ethogram(path: Path, recs, probs, class_names, max_tracks: int = 8, bac
 def select_recordings(pred: Predictor | Ensemble, args) -> list[Recording]:
     cfg = pred.cfg
     if args.input:
-        return pred.read(args.format or cfg.data.format, args.input)
+        return pred.read(args.format or cfg.data.format, args.input, args.annotations)
     if isinstance(pred, Ensemble):  # each member held out other videos: only new files are fair
         raise ConfigError("an ensemble (several --checkpoint or a cross-validation run) predicts files: "
                           "give them with --input (predict) / --data (evaluate)")
@@ -346,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="preds.csv", help="per-frame CSV to write")
     p.add_argument("--input", help="tracking file/dir to predict (default: the run's own validation videos)")
     p.add_argument("--format", help="reader for --input (default: the run's data.format)")
+    p.add_argument("--annotations", default="",
+                   help="dlc/sleap: annotation file/dir of --input, to also print scores (default: none read)")
     p.add_argument("--split", choices=["val", "train", "all"], default="val", help="without --input: which videos")
     p.add_argument("--batch-size", type=int, default=64)
     add_postprocess_args(p)

@@ -6,7 +6,8 @@ set of rules both readers follow:
 
 - Pairing (`pair_by_name`): the annotation whose stem (without `.csv`, `.annot`,
   `_annot.txt`, `.txt`) equals one of a recording's names or is its longest prefix
-  (DeepLabCut appends `DLC_<network>...` to the video name, SLEAP `.predictions`).
+  (DeepLabCut appends `DLC_<network>...` to the video name, SLEAP `.predictions`); a
+  prefix never ends inside a number (`5_annot.txt` is not `53DLC_...csv`'s).
   Recordings without a match are skipped with a warning (nothing to train on); unused
   annotation files are reported. `data.annotation_pairs` lists the pairs explicitly
   (`explicit_pairs`).
@@ -75,6 +76,15 @@ def annotation_stem(f: Path) -> str:
     return f.stem
 
 
+def names_match(name: str, stem: str) -> bool:
+    """True when annotation `stem` is recording `name` or a prefix of it that does not end
+    inside a number (video `53DLC_...` is not annotated by `5_annot.txt`)."""
+    if not stem or not name.startswith(stem):
+        return False
+    rest = name[len(stem):]
+    return not (rest and rest[0].isdigit() and stem[-1].isdigit())
+
+
 def explicit_pairs(data) -> list[tuple[Path, Path]]:
     """`data.annotation_pairs` as (tracking file, annotation file) paths; [] when not set."""
     out = []
@@ -110,7 +120,7 @@ def pair_by_name(
     out = []
     for item in items:
         cands = [(len(annotation_stem(a)), a) for a in annots
-                 if any(n == annotation_stem(a) or n.startswith(annotation_stem(a)) for n in names(item))]
+                 if any(names_match(n, annotation_stem(a)) for n in names(item))]
         if not cands:
             log.warning("%s: no annotation file with a matching name in %s; skipped", names(item)[0], annotation_path)
             continue
