@@ -134,3 +134,20 @@ def test_mirror_pairs_adds_swapped_view_with_same_labels():
     out = mirror_pairs(rec2)
     assert out.pairs == [(0, 1), (2, 2), (1, 0)]
     assert (out.labels[:, 2] == out.labels[:, 0]).all()
+
+
+def test_soft_macro_f1_loss_is_one_minus_f1_and_leaves_out_background_and_absent_classes():
+    from trainer.engine import soft_macro_f1_loss
+
+    y = torch.tensor([0, 1, 1, 2, 0])
+    hard = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 2, 0]), 4).float()  # class 3 absent
+    # class 1: TP 1, FN 1 -> 2/3; class 2: TP 1, FP 1 -> 2/3; classes 0 and 3 left out
+    assert torch.allclose(soft_macro_f1_loss(hard, y), torch.tensor(1 - 2 / 3))
+    assert soft_macro_f1_loss(torch.nn.functional.one_hot(y, 4).float(), y).item() == 0.0
+    assert soft_macro_f1_loss(hard, torch.zeros(5, dtype=torch.long)).item() == 0.0  # background only
+    logits = torch.randn(1, 5, 4, requires_grad=True)
+    with_f1 = frame_loss(logits, y[None], soft_f1=0.5)
+    assert torch.allclose(with_f1, frame_loss(logits, y[None])
+                          + 0.5 * soft_macro_f1_loss(torch.softmax(logits[0], -1), y), atol=1e-6)
+    with_f1.backward()
+    assert torch.isfinite(logits.grad).all()

@@ -284,7 +284,7 @@ class Setup:
     plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None
     objects: dict  # {name: scheduler/scaler} stored as JSON in the checkpoint
     ema: WeightEMA | None
-    loss_kwargs: dict  # weight (C,) tensor on the device, label_smoothing, focal_gamma
+    loss_kwargs: dict  # weight (C,) tensor on the device, label_smoothing, focal_gamma, soft_f1
     meta: dict  # the checkpoint's meta.json: everything predict needs
 
 
@@ -333,6 +333,7 @@ def build_training(cfg: Config, accelerator: Accelerator, precision: str, *, rec
         "weight": weights,
         "label_smoothing": cfg.label_smoothing,
         "focal_gamma": cfg.focal_gamma if cfg.loss == "focal" else 0.0,
+        "soft_f1": cfg.soft_f1_weight,
     }
     return Setup(data, model, optimizer, sampler, train_loader, val_loader, steps_per_epoch, step_sched, plateau,
                  objects, ema, loss_kwargs, checkpoint_meta(cfg, data, precision))

@@ -149,6 +149,7 @@ class Config:
     focal_gamma: float = 2.0  # focal loss exponent
     class_weights: list = field(default_factory=list)  # one weight per class; [] = all 1
     label_smoothing: float = 0.0  # cross-entropy label smoothing
+    soft_f1_weight: float = 0.0  # add this x (1 - soft macro F1 of the batch's behaviours) to the loss; 0 = off
     # --- augmentation (training windows only) ---
     use_augmentation: bool = True  # master switch for the three below
     noise_std: float = 0.01  # Gaussian noise added to standardised features
@@ -400,6 +401,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'class_weights' must be non-negative numbers, got {cfg.class_weights}")
     if not 0 <= cfg.label_smoothing < 1:
         raise ConfigError("config key 'label_smoothing' must be in [0, 1)")
+    if not 0 <= cfg.soft_f1_weight < float("inf"):
+        raise ConfigError(f"config key 'soft_f1_weight' must be a non-negative number, got {cfg.soft_f1_weight}")
     if cfg.model_type not in MODELS:
         hint = did_you_mean(cfg.model_type, MODELS, cutoff=0.6, list_valid=True)
         raise ConfigError(f"config key 'model_type': unknown model '{cfg.model_type}'{hint}")

@@ -47,13 +47,16 @@ def frame_loss(
     weight: torch.Tensor | None = None,
     label_smoothing: float = 0.0,
     focal_gamma: float = 0.0,
+    soft_f1: float = 0.0,
 ) -> torch.Tensor:
-    """Weighted per-frame cross entropy (focal when focal_gamma > 0).
+    """Weighted per-frame cross entropy (focal when focal_gamma > 0), plus soft_f1 x (1 - soft macro F1).
 
     logits (B, T, C); y (B, T) with -1 = unlabelled/padding (ignored); class_mask (B, C)
     bool = classes annotated for the window's pair: the others are removed from the softmax,
     so an unannotated behaviour is never treated as a negative. Returns the mean over
     labelled frames weighted by weight[y] (like F.cross_entropy's weighted mean).
+    soft_f1 > 0 adds the batch's differentiable macro F1 loss (`soft_macro_f1_loss`), the
+    score itself: it counts a rare class as much as a common one.
     """
     logits = logits.float()
     C = logits.shape[-1]
@@ -76,7 +79,29 @@ def frame_loss(
         pt = torch.exp(-nll.detach()).clamp(max=1.0)
         nll = (1 - pt) ** focal_gamma * nll
     w = weight[yy] if weight is not None else torch.ones_like(nll)
-    return (w * nll).sum() / w.sum().clamp_min(1e-12)
+    loss = (w * nll).sum() / w.sum().clamp_min(1e-12)
+    if soft_f1 > 0:
+        loss = loss + soft_f1 * soft_macro_f1_loss(logp.exp(), yy)
+    return loss
+
+
+def soft_macro_f1_loss(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 - the mean over behaviours of 2 TP / (2 TP + FP + FN), counted with probabilities.
+
+    probs (N, C) of labelled frames, y (N,) their classes. Class 0 (the background) is left out
+    like in the project's macro F1; so are behaviours with no frame in the batch (their F1 would
+    only push their probability to 0). Returns 0 when the batch holds no behaviour frame.
+    """
+    onehot = F.one_hot(y, probs.shape[1]).to(probs.dtype)
+    tp = (probs * onehot).sum(0)
+    fp = (probs * (1 - onehot)).sum(0)
+    fn = ((1 - probs) * onehot).sum(0)
+    f1 = 2 * tp / (2 * tp + fp + fn).clamp_min(1e-6)
+    present = onehot.sum(0) > 0
+    present[0] = False
+    if not present.any():
+        return probs.sum() * 0.0
+    return 1 - f1[present].mean()
 
 
 def mixup(batch: dict, alpha: float, generator: torch.Generator) -> tuple[dict, dict | None, float]:
