@@ -151,3 +151,16 @@ def test_soft_macro_f1_loss_is_one_minus_f1_and_leaves_out_background_and_absent
                           + 0.5 * soft_macro_f1_loss(torch.softmax(logits[0], -1), y), atol=1e-6)
     with_f1.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_feature_dropout_zeroes_whole_channels_per_window_reproducibly():
+    seq = _seq(300)
+    seq.x[:] = 1.0
+    ds = WindowDataset([seq], length=32, stride=16, train=True, feature_dropout=0.5, seed=3)
+    x = ds[2]["x"]
+    per_channel = x.sum(0)
+    assert set(per_channel.tolist()) <= {0.0, 32.0}  # a channel is dropped for the whole window or kept
+    dropped = torch.stack([(ds[i]["x"].sum(0) == 0).float() for i in range(len(ds))]).mean()
+    assert 0.3 < float(dropped) < 0.7
+    assert torch.equal(WindowDataset([seq], length=32, stride=16, train=True, feature_dropout=0.5, seed=3)[2]["x"], x)
+    assert torch.equal(WindowDataset([seq], length=32, stride=16)[2]["x"], torch.ones_like(x))  # validation: never

@@ -191,6 +191,7 @@ def prepare_data(cfg: Config, recordings=None) -> Data:
         train=True,
         jitter=cfg.temporal_jitter if aug else 0,
         noise_std=cfg.noise_std if aug else 0.0,
+        feature_dropout=cfg.feature_dropout if aug else 0.0,
         seed=cfg.seed,
     )
     val_ds = WindowDataset(val_seqs, length=length, gap=cfg.frame_gap)

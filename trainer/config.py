@@ -151,9 +151,10 @@ class Config:
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     soft_f1_weight: float = 0.0  # add this x (1 - soft macro F1 of the batch's behaviours) to the loss; 0 = off
     # --- augmentation (training windows only) ---
-    use_augmentation: bool = True  # master switch for the three below
+    use_augmentation: bool = True  # master switch for the four below
     noise_std: float = 0.01  # Gaussian noise added to standardised features
     temporal_jitter: int = 2  # random shift of window starts, +- frames
+    feature_dropout: float = 0.0  # chance that an input channel is zeroed (its mean) for a whole window
     mixup_alpha: float = 0.0  # mixup Beta(alpha, alpha) between windows; 0 = off
     mirror_pairs: bool = False  # also train on the (target, agent) view of each pair: only for symmetric, pair-level labels
     # --- checkpoints ---
@@ -401,6 +402,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'class_weights' must be non-negative numbers, got {cfg.class_weights}")
     if not 0 <= cfg.label_smoothing < 1:
         raise ConfigError("config key 'label_smoothing' must be in [0, 1)")
+    if not 0 <= cfg.feature_dropout < 1:
+        raise ConfigError("config key 'feature_dropout' must be in [0, 1)")
     if not 0 <= cfg.soft_f1_weight < float("inf"):
         raise ConfigError(f"config key 'soft_f1_weight' must be a non-negative number, got {cfg.soft_f1_weight}")
     if cfg.model_type not in MODELS:

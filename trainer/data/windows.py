@@ -98,10 +98,12 @@ class WindowDataset(Dataset):
         train: bool = False,
         jitter: int = 0,
         noise_std: float = 0.0,
+        feature_dropout: float = 0.0,
         seed: int = 0,
     ):
         self.seqs, self.length, self.gap, self.train = seqs, int(length), int(gap), train
         self.jitter, self.noise_std, self.seed, self.epoch = int(jitter), float(noise_std), int(seed), 0
+        self.feature_dropout = float(feature_dropout)
         span = (self.length - 1) * self.gap + 1  # original frames covered by one window
         if train:
             stride = max(1, stride or self.length // 2)
@@ -136,7 +138,7 @@ class WindowDataset(Dataset):
         return np.bincount(self.items[:, 0], minlength=len(self.seqs))
 
     def set_epoch(self, epoch: int) -> None:
-        """Training randomness (jitter, noise) depends on (seed, epoch, item) only: resumable."""
+        """Training randomness (jitter, noise, feature dropout) depends on (seed, epoch, item) only: resumable."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -171,6 +173,8 @@ class WindowDataset(Dataset):
         y = np.where(valid, s.y[safe], UNLABELLED) if padded else s.y[safe]
         if self.train and self.noise_std > 0:
             x.add_(torch.randn(x.shape, generator=g), alpha=self.noise_std)
+        if self.train and self.feature_dropout > 0:  # whole input channels to 0 (= their training mean)
+            x.mul_((torch.rand(x.shape[1], generator=g) >= self.feature_dropout).to(x.dtype))
         if padded:
             x[~torch.from_numpy(valid)] = 0.0
         return {
