@@ -117,11 +117,9 @@ class Predictor:
             data = dataclasses.replace(data, annotation_path=annotations)
         if fmt != "synthetic":  # pin the class order, so label indices mean what the model means
             bg = self.class_names[self.background]
-            # the model's classes, then the annotated names training turned unlabelled (rat46's
-            # `base`): they are known to the reader and dropped to -1 again by read_recordings
-            unlabelled = [n for n in data.unlabelled_behaviors if n not in self.class_names]
+            # (names training turned unlabelled, e.g. rat46's `base`, stay known: see class_list)
             data = dataclasses.replace(data, background_class=bg,
-                                       behaviors=[c for c in self.class_names if c != bg] + unlabelled)
+                                       behaviors=[c for c in self.class_names if c != bg])
         recs = read_recordings(fmt, path, data=data, fps=self.cfg.fps)
         for r in recs:
             if r.labels is not None and list(r.class_names) != list(self.class_names):

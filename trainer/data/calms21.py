@@ -67,7 +67,8 @@ def read_calms21(path: str, *, data, fps: float) -> list[Recording]:
         raw += _read_json(f) if f.suffix.lower() == ".json" else _read_npy(f)
     vocabs = {tuple(sorted(v.items())) for _, _, v, _ in raw}
     names = {n for v in vocabs for n in dict(v)}
-    classes = class_list(names, behaviors=list(data.behaviors), background=data.background_class)
+    classes = class_list(names, behaviors=list(data.behaviors), background=data.background_class,
+                         unlabelled=getattr(data, "unlabelled_behaviors", ()))
     recs = [_to_recording(vid, seq, vocab, f, classes, data) for vid, seq, vocab, f in raw]
     log.info("calms21: read %d sequences from %d file(s)", len(recs), len(files))
     return recs

@@ -67,17 +67,21 @@ def list_files(path: str | Path, suffixes: tuple[str, ...], *, what: str) -> lis
     return files
 
 
-def class_list(found: Iterable[str], *, behaviors: list, background: str) -> list[str]:
+def class_list(found: Iterable[str], *, behaviors: list, background: str, unlabelled: Iterable[str] = ()) -> list[str]:
     """Class names with the background first: `[background] + behaviours`.
 
     Args:
         found: behaviour names seen in the annotation files.
         behaviors: the config's explicit list (`data.behaviors`); [] = use `found`, sorted.
         background: name of the background class (`data.background_class`).
+        unlabelled: `data.unlabelled_behaviors`; with an explicit list, those found are appended
+            (known to the reader, then made unlabelled by `drop_classes`), never an error.
     """
+    found = {str(b) for b in found}
     if behaviors:
-        return [background] + [str(b) for b in behaviors if str(b) != background]
-    return [background] + sorted({str(b) for b in found} - {background})
+        explicit = [background] + [str(b) for b in behaviors if str(b) != background]
+        return explicit + sorted((found & {str(u) for u in unlabelled}) - set(explicit))
+    return [background] + sorted(found - {background})
 
 
 def check_known(names: Iterable[str], class_names: list[str], *, source: str | Path) -> None:

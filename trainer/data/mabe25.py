@@ -136,7 +136,8 @@ def list_mabe25(path: str, *, data, fps: float) -> list[MabeVideo]:
         for row in table.itertuples(index=False)
     }
     actions = {a for wl in whitelists.values() for _, _, a in wl}
-    classes = class_list(actions, behaviors=list(data.behaviors), background=data.background_class)
+    classes = class_list(actions, behaviors=list(data.behaviors), background=data.background_class,
+                         unlabelled=getattr(data, "unlabelled_behaviors", ()))
     if data.behaviors:
         # an explicit class list selects actions: the others are not modelled (never negatives either)
         dropped = sorted(actions - set(classes))

@@ -64,7 +64,8 @@ def read_simba(path: str, *, data, fps: float) -> list[Recording]:
         for b in explicit:
             if b not in df.columns:
                 raise DataError(f"{f}: missing behaviour column '{b}' (listed in data.behaviors)")
-    classes = class_list(found, behaviors=list(data.behaviors), background=data.background_class)
+    classes = class_list(found, behaviors=list(data.behaviors), background=data.background_class,
+                         unlabelled=getattr(data, "unlabelled_behaviors", ()))
     recs = [_recording(f, df, classes, data, fps) for f, df in tables]
     log.info("simba: read %d file(s); behaviours %s", len(recs), classes[1:])
     return recs
