@@ -11,6 +11,9 @@ from trainer.data.skeleton import (
     canonical_keypoints,
     harmonise,
     match_skeleton,
+    body_length,
+    conform,
+    to_body_lengths,
     to_canonical,
     to_cm,
 )
@@ -76,6 +79,25 @@ def test_units_cm():
         harmonise([rec(["nose"])], units="cm")
     assert np.allclose(scale_coordinates(np.ones((2, 2)) * 10, pix_per_cm=5), 2)
     assert np.allclose(scale_coordinates(np.ones((2, 2)), pix_per_cm=None), 1)
+
+
+def test_units_body_scales_each_video_by_its_own_body_length():
+    # two videos of the same scene filmed at different zooms end up identical in body lengths
+    r = rec(["top", "body", "tail"], T=50)  # rat46's names: top = head/neck, tail = tail base
+    r.keypoints[:, :, 2] = r.keypoints[:, :, 0] + np.array([30.0, 40.0], np.float32)  # body length 50
+    r.keypoints[3, 0, 0] = np.nan  # an untracked head is left out of the median
+    zoomed = rec(["top", "body", "tail"], T=50)
+    zoomed.keypoints[:] = r.keypoints * 3
+    assert body_length(r) == pytest.approx(50) and body_length(zoomed) == pytest.approx(150)
+    a, b = harmonise([r], units="body")[0], harmonise([zoomed], units="body")[0]
+    assert a.meta["units"] == "body" and a.meta["body_length"] == pytest.approx(50)
+    assert np.allclose(a.keypoints, b.keypoints, equal_nan=True)
+    assert np.allclose(a.keypoints * 50, r.keypoints, equal_nan=True)
+    assert to_body_lengths(a) is a  # already converted: unchanged, not divided twice
+    # predict/evaluate put new files on the model's units the same way
+    assert np.allclose(conform([zoomed], bodyparts=a.bodyparts, units="body")[0].keypoints, a.keypoints, equal_nan=True)
+    with pytest.raises(DataError, match="data.units=body needs a tracked front"):
+        harmonise([rec(["nose", "ear_left"])], units="body")  # no tail base: no body axis
 
 
 def test_egocentric_rotation():

@@ -66,7 +66,7 @@ class DataConfig:
     min_likelihood: float = 0.0  # dlc/simba: keypoints with pose likelihood below this become NaN
     pix_per_cm: float = 0.0  # pixels per cm where the format does not store it (calms21, dlc, simba); 0 = unknown
     skeleton: str = "auto"  # native | canonical | auto (= canonical when videos track different body parts)
-    units: str = "px"  # px | cm (divide coordinates by each video's pix_per_cm; comparable across labs)
+    units: str = "px"  # px | cm (divide coordinates by each video's pix_per_cm) | body (by each video's median body length)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -197,7 +197,7 @@ _CHOICES = {
     "data.split": ("by_video", "by_lab", "kfold", "by_time"),
     "data.annotation_format": ("auto", "boris", "caltech"),
     "data.skeleton": ("auto", "native", "canonical"),
-    "data.units": ("px", "cm"),
+    "data.units": ("px", "cm", "body"),
 }
 
 

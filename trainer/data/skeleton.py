@@ -1,4 +1,5 @@
-"""One skeleton for every lab: map lab-specific body parts onto 8 canonical parts; pixels -> cm.
+"""One skeleton for every lab: map lab-specific body parts onto 8 canonical parts; pixels -> cm
+or body lengths.
 
 Labs track different body-part sets (MABe-2025: 4 to 18+ parts; CalMS21: 7; DLC/SimBA:
 whatever the project defined). A feature pipeline needs one layout, so `to_canonical`
@@ -175,11 +176,56 @@ def to_cm(rec: Recording) -> Recording:
     return dataclasses.replace(rec, keypoints=rec.keypoints / np.float32(pix), meta=dict(rec.meta, units="cm"))
 
 
+BODY_FRONT = ("nose", "neck")  # canonical names (with their aliases) of a body axis' front, first found
+BODY_BACK = ("tail_base",)
+
+
+def body_length(rec: Recording) -> float:
+    """Median front-to-back body length of `rec` (every mouse, every frame where both ends are
+    tracked), in the Recording's units; NaN when no frame has both ends."""
+    front = next((i for n in BODY_FRONT if (i := find_named_part(rec.bodyparts, n)) is not None), None)
+    back = find_named_part(rec.bodyparts, BODY_BACK[0])
+    if front is None or back is None or front == back:
+        return float("nan")
+    d = np.linalg.norm(rec.keypoints[:, :, front] - rec.keypoints[:, :, back], axis=-1)
+    d = d[np.isfinite(d) & (d > 0)]
+    return float(np.median(d)) if d.size else float("nan")
+
+
+def to_body_lengths(rec: Recording) -> Recording:
+    """A new Recording with coordinates divided by the video's own median body length
+    (`body_length`; meta["units"] = "body", meta["body_length"] = the divisor in the old units).
+
+    Needs no calibration and no labels, so new videos are scaled the same way at prediction:
+    distances and speeds become body lengths (per second), comparable across cameras, zooms
+    and animal sizes.
+    """
+    if rec.meta.get("units") == "body":
+        return rec
+    length = body_length(rec)
+    if not np.isfinite(length) or length <= 0:
+        raise DataError(
+            f"{rec.meta.get('source', rec.video_id)}: data.units=body needs a tracked front (nose/neck/head) and "
+            f"tail base on some frame; body parts: {', '.join(rec.bodyparts)}. Use data.units=px"
+        )
+    return dataclasses.replace(rec, keypoints=rec.keypoints / np.float32(length),
+                               meta=dict(rec.meta, units="body", body_length=length))
+
+
+UNITS = {"px": None, "cm": to_cm, "body": to_body_lengths}
+
+
+def to_units(rec: Recording, units: str) -> Recording:
+    """`rec` in `units` (px: unchanged; cm: /pix_per_cm; body: /median body length)."""
+    convert = UNITS[units]
+    return rec if convert is None else convert(rec)
+
+
 @dataclasses.dataclass(frozen=True)
 class Harmonisation:
     """What `harmonise` does to each video once the data set's layouts are known.
 
-    canonical: map to `CANONICAL` body parts; units: "px" (unchanged) or "cm".
+    canonical: map to `CANONICAL` body parts; units: "px" (unchanged), "cm" or "body".
     """
 
     canonical: bool
@@ -189,7 +235,7 @@ class Harmonisation:
         """`rec` on the data set's skeleton and unit (a new Recording when anything changes)."""
         if self.canonical:
             rec = to_canonical(rec)
-        return to_cm(rec) if self.units == "cm" else rec
+        return to_units(rec, self.units)
 
 
 def harmonisation(layouts: set, *, skeleton: str = "auto", units: str = "px") -> Harmonisation:
@@ -200,8 +246,8 @@ def harmonisation(layouts: set, *, skeleton: str = "auto", units: str = "px") ->
     canonical = skeleton == "canonical" or (skeleton == "auto" and len(layouts) > 1)
     if skeleton == "auto" and canonical:
         log.info("videos track %d different body-part sets: mapping all to the canonical skeleton", len(layouts))
-    if units not in ("px", "cm"):
-        raise DataError(f"config key 'data.units' must be px or cm; got {units!r}")
+    if units not in UNITS:
+        raise DataError(f"config key 'data.units' must be px, cm or body; got {units!r}")
     return Harmonisation(canonical, units)
 
 
@@ -212,7 +258,8 @@ def harmonise(recs: list[Recording], *, skeleton: str = "auto", units: str = "px
         recs: recordings of every split, so that all sides get the same layout.
         skeleton: "native" (unchanged), "canonical" (always map), or "auto" (map only when
             the videos' body-part lists differ).
-        units: "px" (unchanged) or "cm" (divide by each video's pix_per_cm).
+        units: "px" (unchanged), "cm" (divide by each video's pix_per_cm) or "body" (by each
+            video's median body length).
     """
     plan = harmonisation({tuple(r.bodyparts) for r in recs}, skeleton=skeleton, units=units)
     return [plan.apply(r) for r in recs]
@@ -222,7 +269,6 @@ def conform(recs: list[Recording], *, bodyparts: list[str], units: str = "px") -
     """Recordings laid out like a model's training data: its body parts and units.
 
     Used by predict/evaluate on new files: `match_skeleton` to the checkpoint's body-part
-    list (canonical mapping or re-ordering), then `to_cm` when the model was trained in cm.
+    list (canonical mapping or re-ordering), then the model's units (`to_units`).
     """
-    out = [match_skeleton(r, bodyparts) for r in recs]
-    return [to_cm(r) for r in out] if units == "cm" else out
+    return [to_units(match_skeleton(r, bodyparts), units) for r in recs]
