@@ -59,7 +59,8 @@ def list_path(monkeypatch):
 
 
 @pytest.mark.parametrize("extra", [["data.units=cm"], ["data.skeleton=native", "data.unlabelled_behaviors=[rear]"],
-                                   ["data.skeleton=canonical"]], ids=["auto-mixed-cm", "native", "canonical"])
+                                   ["data.skeleton=canonical"], ["data.units=body"]],
+                         ids=["auto-mixed-cm", "native", "canonical", "auto-mixed-body"])
 def test_listed_videos_read_exactly_like_read_sides(tmp_path, extra):
     _mabe(tmp_path / "d", mixed=extra[0] != "data.skeleton=native")
     cfg = _cfg(tmp_path, tmp_path / "d", *extra)
@@ -76,6 +77,8 @@ def test_listed_videos_read_exactly_like_read_sides(tmp_path, extra):
     if "data.units=cm" in extra:
         assert recs[0].bodyparts[:2] == ["nose", "ear_left"] and len(recs[0].bodyparts) == 8  # canonical: mixed
         assert recs[0].meta["units"] == "cm"
+    if "data.units=body" in extra:  # each video in its own body lengths, the same when streamed
+        assert all(r.meta["units"] == "body" and r.meta["body_length"] > 0 for r in recs)
 
 
 def test_validation_path_is_listed_after_training_path(tmp_path):
