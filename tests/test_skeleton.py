@@ -8,11 +8,11 @@ import pytest
 from trainer.data.recording import DataError, Recording
 from trainer.data.skeleton import (
     CANONICAL,
+    body_length,
     canonical_keypoints,
+    conform,
     harmonise,
     match_skeleton,
-    body_length,
-    conform,
     to_body_lengths,
     to_canonical,
     to_cm,

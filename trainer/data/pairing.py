@@ -157,7 +157,7 @@ def read_annotations(files: dict[Path, float], data) -> tuple[dict[Path, Annotat
     }
     names = [b for ann in anns.values() for b in ann.behaviours]
     return anns, class_list(names, behaviors=list(data.behaviors), background=data.background_class,
-                                  unlabelled=getattr(data, "unlabelled_behaviors", ()))
+                            unlabelled=getattr(data, "unlabelled_behaviors", ()))
 
 
 def _norm(name: str) -> str:

@@ -176,16 +176,12 @@ def to_cm(rec: Recording) -> Recording:
     return dataclasses.replace(rec, keypoints=rec.keypoints / np.float32(pix), meta=dict(rec.meta, units="cm"))
 
 
-BODY_FRONT = ("nose", "neck")  # canonical names (with their aliases) of a body axis' front, first found
-BODY_BACK = ("tail_base",)
-
-
 def body_length(rec: Recording) -> float:
-    """Median front-to-back body length of `rec` (every mouse, every frame where both ends are
-    tracked), in the Recording's units; NaN when no frame has both ends."""
-    front = next((i for n in BODY_FRONT if (i := find_named_part(rec.bodyparts, n)) is not None), None)
-    back = find_named_part(rec.bodyparts, BODY_BACK[0])
-    if front is None or back is None or front == back:
+    """Median front (nose, else neck/head) to tail-base length of `rec` (every mouse, every frame
+    where both ends are tracked), in the Recording's units; NaN when no frame has both ends."""
+    front = find_part(rec.bodyparts, ALIASES["nose"] + ALIASES["neck"])
+    back = find_named_part(rec.bodyparts, "tail_base")
+    if front is None or back is None:
         return float("nan")
     d = np.linalg.norm(rec.keypoints[:, :, front] - rec.keypoints[:, :, back], axis=-1)
     d = d[np.isfinite(d) & (d > 0)]
